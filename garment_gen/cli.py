@@ -1,0 +1,64 @@
+"""Helpers shared by the command-line entry points.
+
+A user mistake (bad path, unknown stage, missing required value) must end in
+one line that says what is wrong and what is valid, not a library traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf.errors import MissingMandatoryValue
+
+from garment_gen.errors import GarmentGenError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`GarmentGenError` and missing config values into ``error: ...`` + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GarmentGenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", None) or str(exc)
+            print(f"error: missing required value '{key}': set it on the command line, e.g. {key}=...", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def group_options(conf: Path, group: str) -> list[str]:
+    """Names of the configs in a Hydra config group folder."""
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
+
+
+def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) -> None:
+    """Validate ``group=value`` on the command line before Hydra composes anything.
+
+    Exits with status 2 and one line naming the valid options when the value is
+    missing (and required) or unknown. Comma lists (multirun) are checked item by item.
+    """
+    options = group_options(conf, group)
+    values = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == group and "=" in a]
+    example = f"python -m garment_gen.train {group}=<{'|'.join(options)}>"
+    if not values:
+        if required:
+            print(f"error: {group} is required: {example}", file=sys.stderr)
+            raise SystemExit(2)
+        return
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item.startswith(("choice(", "range(", "glob(")):
+                continue
+            if item not in options:
+                print(f"error: unknown {group} '{item}'; valid: {', '.join(options)}", file=sys.stderr)
+                raise SystemExit(2)

@@ -1,0 +1,181 @@
+"""Prepared-dataset reader yielding ``{image, mask, texture, photo, id}`` triples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from garment_gen.data.occlusion import TextureConfig, make_texture
+from garment_gen.errors import GarmentGenError
+
+SPLITS = ("train", "validation", "test")
+
+
+def read_dataset_meta(root: str | Path) -> dict[str, Any]:
+    """Read ``dataset.json`` of a prepared dataset, with a clear error when it is not one."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not (root / "manifest.csv").is_file() or not meta_path.is_file():
+        raise GarmentGenError(
+            f"data.root={root}: not a prepared dataset (no manifest.csv / dataset.json); "
+            "make one with `python -m garment_gen.prepare input_dir=PHOTOS output_dir=OUT`"
+        )
+    try:
+        return json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise GarmentGenError(f"{meta_path}: unreadable dataset metadata ({exc})") from None
+
+
+def read_manifest(root: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of ``manifest.csv`` with status ``ok`` (optionally only one split)."""
+    with open(Path(root) / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+    return rows
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed that is the same in every process and run for the same parts."""
+    return zlib.crc32("\0".join(str(p) for p in parts).encode())
+
+
+def to_tensor_image(arr: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``[H, W, 3]`` -> float ``[3, H, W]`` in ``[-1, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def to_tensor_mask(arr: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``[H, W]`` ``{0, 255}`` -> float ``[1, H, W]`` in ``{0, 1}``."""
+    return torch.from_numpy((arr > 127).astype(np.float32))[None]
+
+
+class GarmentDataset(Dataset):
+    """One split of a prepared dataset.
+
+    Each item is a dict:
+        ``image``: float ``[3, R, R]`` in ``[-1, 1]``, the aligned garment;
+        ``mask``: float ``[1, R, R]`` in ``{0, 1}``, its shape;
+        ``texture``: float ``[3, R, R]`` in ``[-1, 1]``, the garment occluded/cropped;
+        ``photo``: float ``[3, R, R]``, the same crop with its real background;
+        ``id``: str.
+
+    With ``augment=True`` (training) flips and textures are random; otherwise
+    each sample's texture is fixed by its id and ``seed``, so validation metrics
+    compare across runs.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        resolution: int | None = None,
+        augment: bool = False,
+        texture: TextureConfig | None = None,
+        flip: bool = True,
+        texture_affine: bool = True,
+        cache: bool = True,
+        seed: int = 0,
+    ):
+        if split not in SPLITS:
+            raise GarmentGenError(f"split={split}: must be one of {', '.join(SPLITS)}")
+        self.root = Path(root)
+        self.meta = read_dataset_meta(self.root)
+        self.rows = read_manifest(self.root, split)
+        self.split = split
+        self.native_resolution = int(self.meta["resolution"])
+        self.resolution = int(resolution or self.native_resolution)
+        self.background = tuple(int(c) for c in self.meta.get("background", (255, 255, 255)))
+        self.augment = augment
+        self.texture_cfg = texture or TextureConfig()
+        self.seed = seed
+        self.cache = cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.joint = A.Compose(
+            [A.HorizontalFlip(p=0.5 if (flip and augment) else 0.0)],
+            additional_targets={"photo": "image"},
+        )
+        self.texture_tf = A.Compose(
+            [
+                A.Affine(
+                    scale=(0.9, 1.1),
+                    translate_percent=(-0.06, 0.06),
+                    rotate=(-8, 8),
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=self.background,
+                    p=0.5 if texture_affine else 0.0,
+                )
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, sub: str, sample_id: str, gray: bool) -> np.ndarray:
+        path = self.root / sub / f"{sample_id}.png"
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("L" if gray else "RGB"))
+        except (OSError, ValueError) as exc:
+            raise GarmentGenError(f"{path}: cannot read prepared sample ({exc}); re-run garment_gen.prepare") from None
+        if arr.shape[0] != self.resolution:
+            interp = cv2.INTER_AREA if arr.shape[0] > self.resolution else cv2.INTER_CUBIC
+            arr = cv2.resize(arr, (self.resolution, self.resolution), interpolation=interp)
+            if gray:
+                arr = ((arr > 127).astype(np.uint8)) * 255
+        return arr
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw ``uint8`` (image ``[R,R,3]``, mask ``[R,R]``, photo ``[R,R,3]``) of one sample."""
+        if index in self._cache:
+            return self._cache[index]
+        sid = self.rows[index]["id"]
+        image, mask = self._read("images", sid, False), self._read("masks", sid, True)
+        photo_path = self.root / "photos" / f"{sid}.png"
+        photo = self._read("photos", sid, False) if photo_path.exists() else image
+        item = (image, mask, photo)
+        if self.cache:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        image, mask, photo = self.load(index)
+        if self.augment:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        else:
+            seed = stable_seed(self.seed, row["id"])
+        rng = np.random.default_rng(seed)
+        self.joint.set_random_seed(int(rng.integers(2**31 - 1)))
+        out = self.joint(image=image, mask=mask, photo=photo)
+        image, mask, photo = out["image"], out["mask"], out["photo"]
+        texture = make_texture(image, mask, rng, self.texture_cfg, self.background)
+        self.texture_tf.set_random_seed(int(rng.integers(2**31 - 1)))
+        texture = self.texture_tf(image=texture)["image"]
+        return {
+            "image": to_tensor_image(image),
+            "mask": to_tensor_mask(mask),
+            "texture": to_tensor_image(texture),
+            "photo": to_tensor_image(photo),
+            "id": row["id"],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "split": self.split,
+            "size": len(self),
+            "resolution": self.resolution,
+            "texture": asdict(self.texture_cfg),
+        }

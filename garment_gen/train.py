@@ -1,0 +1,145 @@
+"""Training entry point for every stage.
+
+    python -m garment_gen.train stage=pretrain
+    python -m garment_gen.train stage=encoders model.generator=PATH/generator.pt loss.w_lpips=0.8
+    python -m garment_gen.train -m stage=encoders loss.w_lpips=0.5,1.0     # sweep
+
+:func:`train` is a plain function (tests and sweeps call it); ``main`` only wraps it
+with Hydra and turns user mistakes into one-line errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from garment_gen import conf_dir
+from garment_gen.cli import check_group_choice, user_errors
+from garment_gen.errors import ConfigError
+from garment_gen.utils.checkpoint import AtomicCheckpointIO
+from garment_gen.utils.run_info import write_run_info
+
+log = logging.getLogger("garment_gen.train")
+
+
+def _instantiate_dict(section: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``name: {_target_: ...}`` mapping (callbacks, loggers)."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(v) for v in section.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return out
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Instantiate datamodule, LightningModule and Trainer from a composed config.
+
+    The datamodule comes first: the module is built for the data's resolution,
+    passed in code rather than copied between configs.
+    """
+    datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
+    module = hydra.utils.instantiate(
+        cfg.model, resolution=datamodule.resolution, loss=cfg.get("loss"), _recursive_=False
+    )
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one stage as configured; returns the final metrics (floats).
+
+    The metric named by ``cfg.monitor`` (the stage's validation loss or score) is
+    also returned under the key ``"objective"`` for sweepers.
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule, module, trainer = build(cfg)
+    if trainer.is_global_zero:
+        write_run_info(cfg, output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best"):
+        raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint file not found")
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update(_float_metrics(trainer.callback_metrics))
+        stop_reason = getattr(module, "stop_reason", None) or _stop_reason(trainer)
+        log.info("training ended: %s", stop_reason)
+        metrics_note = {"stop_reason": stop_reason}
+    else:
+        metrics_note = {}
+    if cfg.get("export", True) and hasattr(module, "export"):
+        if trainer.is_global_zero:
+            path = module.export(output_dir)
+            log.info("exported %s", path)
+        trainer.strategy.barrier()
+    if cfg.get("test", False):
+        trainer.test(module, datamodule=datamodule)
+        metrics.update(_float_metrics(trainer.callback_metrics))
+    monitor = cfg.get("monitor")
+    if monitor and monitor in metrics:
+        metrics["objective"] = metrics[monitor]
+    if trainer.is_global_zero:
+        import json
+
+        (output_dir / "metrics.json").write_text(json.dumps({**metrics, **metrics_note}, indent=2) + "\n")
+    return metrics
+
+
+def _stop_reason(trainer: pl.Trainer) -> str:
+    for cb in trainer.callbacks:
+        reason = getattr(cb, "stopping_reason_message", None)
+        if getattr(cb, "stopped_epoch", 0) and reason:
+            return f"early stopping: {reason}"
+    if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return f"reached max_steps={trainer.max_steps}"
+    if trainer.interrupted:
+        return "interrupted"
+    return f"finished after epoch {trainer.current_epoch}"
+
+
+def _objective(metrics: dict[str, float]) -> float | None:
+    value = metrics.get("objective")
+    return None if value is None or math.isnan(value) else value
+
+
+def main() -> None:
+    """``python -m garment_gen.train stage=...``: validate the stage, compose, train."""
+    conf = conf_dir()
+    argv = sys.argv[1:]
+    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info") for a in argv):
+        check_group_choice(argv, conf, "stage", required=True)
+    for group in ("trainer", "logger", "data", "debug", "experiment"):
+        check_group_choice(argv, conf, group, required=False)
+
+    @hydra.main(version_base="1.3", config_path=str(conf), config_name="config")
+    @user_errors
+    def _app(cfg: DictConfig) -> float | None:
+        return _objective(train(cfg))
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Shared fixtures: composed Hydra configs, synthetic garment photos, the bundled sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def tshirt_mask(h: int, w: int, scale: float = 1.0, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A T-shirt silhouette ``uint8`` ``{0, 255}`` ``[h, w]``."""
+    s = min(h, w) * scale
+    cx, cy = w / 2 + offset[0], h / 2 + offset[1]
+    pts = np.array(
+        [
+            (-0.18, -0.40), (-0.40, -0.30), (-0.48, -0.10), (-0.32, -0.02), (-0.28, -0.12),
+            (-0.28, 0.42), (0.28, 0.42), (0.28, -0.12), (0.32, -0.02), (0.48, -0.10),
+            (0.40, -0.30), (0.18, -0.40), (0.08, -0.34), (-0.08, -0.34),
+        ]
+    )
+    poly = np.round(np.stack([cx + pts[:, 0] * s, cy + pts[:, 1] * s], 1)).astype(np.int32)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [poly], 255)
+    return mask
+
+
+def garment_photo(
+    h: int = 240, w: int = 180, seed: int = 0, background: str = "plain", colour=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic photo of a striped T-shirt and its true mask.
+
+    ``background``: ``plain`` (flat light grey) or ``wood`` (textured brown planks).
+    """
+    rng = np.random.default_rng(seed)
+    mask = tshirt_mask(h, w, scale=rng.uniform(0.75, 0.9), offset=(int(rng.integers(-8, 9)), int(rng.integers(-8, 9))))
+    if background == "plain":
+        bg = np.full((h, w, 3), 235, np.uint8)
+    else:
+        yy, xx = np.mgrid[0:h, 0:w]
+        planks = ((xx // 30) % 2) * 25 + 10 * np.sin(yy / 7.0 + (xx // 30))
+        bg = np.stack([150 + planks, 100 + planks * 0.7, 60 + planks * 0.4], -1)
+        bg = np.clip(bg + rng.normal(0, 6, bg.shape), 0, 255).astype(np.uint8)
+    colour = np.asarray(colour if colour is not None else rng.integers(0, 90, 3), np.float32)
+    stripes = ((np.arange(h) // 9) % 2)[:, None, None] * np.array([30, 120, 200], np.float32)
+    garment = np.clip(colour + stripes * 0.6, 0, 255).astype(np.uint8)
+    garment = np.broadcast_to(garment, (h, w, 3))
+    img = np.where(mask[..., None] > 0, garment, bg).astype(np.uint8)
+    return img, mask
+
+
+def write_photo_folder(root: Path, n_per_split: dict[str, int] | None = None, background: str = "plain") -> Path:
+    """Synthetic photos under ``root/<split>/<label>/`` as JPEG; returns ``root``."""
+    n_per_split = n_per_split or {"train": 4, "validation": 1, "test": 1}
+    k = 0
+    for split, n in n_per_split.items():
+        for i in range(n):
+            label = ("shirt", "tee")[i % 2]
+            img, _ = garment_photo(seed=k, background=background)
+            path = root / split / label / f"img{k:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path, quality=95)
+            k += 1
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file, to prove a folder was not touched."""
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    return write_photo_folder(tmp_path / "photos")
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    from garment_gen import sample_dir
+
+    root = sample_dir()
+    assert (root / "manifest.csv").is_file(), f"bundled sample missing at {root}"
+    return root
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path):
+    """Compose the training config like the CLI would, with outputs under ``tmp_path``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from garment_gen import conf_dir
+
+    def _compose(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.job.num = 0
+            cfg.paths.log_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
