@@ -45,7 +45,7 @@ format: install
 
 sample: install
 	$(PY) -m garment_gen.prepare input_dir=$(CLOTHING) output_dir=garment_gen/assets/sample64 \
-		resolution=64 "max_per_group={train: 36, validation: 5, test: 5}" overwrite=true
+		resolution=64 "max_per_group={train: 32, validation: 4, test: 4}" overwrite=true
 
 bench: install
 	$(PY) bench/bench_data.py

@@ -53,7 +53,9 @@ def stable_seed(*parts: Any) -> int:
 
 def to_tensor_image(arr: np.ndarray) -> torch.Tensor:
     """``uint8`` ``[H, W, 3]`` -> float ``[3, H, W]`` in ``[-1, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 def to_tensor_mask(arr: np.ndarray) -> torch.Tensor:

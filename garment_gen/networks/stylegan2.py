@@ -1,0 +1,717 @@
+"""StyleGAN2 generator and discriminator in plain PyTorch.
+
+Written for this project from the StyleGAN2 papers' description (Karras et al.
+2020, "Analyzing and Improving the Image Quality of StyleGAN"): skip generator,
+residual discriminator, modulated/demodulated convolutions, equalised learning
+rate, [1, 3, 3, 1] low-pass resampling, minibatch standard deviation.
+
+Every op is a stock PyTorch op (conv, transposed conv, matmul, elementwise), so
+the networks run anywhere PyTorch runs, need nothing compiled at import and
+trace cleanly under ``torch.compile``.
+
+Images are float NCHW, roughly in ``[-1, 1]`` (the generator has no tanh);
+``ws`` are ``[B, num_ws, w_dim]``.
+
+Speed notes (measured on a 2-core CPU, see ``bench/bench_stylegan2.py``):
+
+* The [1, 3, 3, 1] blur is separable, so it runs as two small matmuls against
+  banded matrices built once per layer (padding folded in). That is 2-3x faster
+  than a depthwise 4x4 conv on CPU, forward and backward, and is fine on GPU.
+* Upsampling convs are a stride-2 transposed conv followed by the blur (a
+  quarter of the FLOPs of "upsample then 3x3 conv"); downsampling convs are the
+  blur followed by a stride-2 conv.
+* Modulation is applied to activations ("non-fused" path) by default: at 512
+  channels a per-sample weight tensor is larger than a sample's activations at
+  <= 32 px, so the grouped-conv path moves more memory and its grouped kernels
+  are slower on CPU. The grouped path stays available (``fused_modconv=True``).
+* The leaky-ReLU gain sqrt(2) and the residual 1/sqrt(2) are folded into the
+  next layer's per-channel scale (styles, or equalised-lr weight gain), which
+  saves one full activation pass per layer forward and backward.
+* toRGB (1x1, no demodulation) is a batched matmul with per-sample weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from garment_gen.errors import ConfigError, GarmentGenError
+
+__all__ = [
+    "Generator",
+    "SynthesisNetwork",
+    "Discriminator",
+    "GeneratorFileError",
+    "export_generator",
+    "load_generator",
+]
+
+EXPORT_FORMAT = "garment_gen.generator/1"
+_LRELU_SLOPE = 0.2
+_LRELU_GAIN = math.sqrt(2.0)
+_FIR_TAPS = (1.0, 3.0, 3.0, 1.0)  # normalised to sum 1 below
+_NOISE_MODES = ("random", "const", "none")
+
+
+class StyleGANConfigError(ConfigError, ValueError):
+    """Invalid network hyper-parameter (also a ``ValueError``)."""
+
+
+class GeneratorFileError(GarmentGenError, ValueError):
+    """A file is missing or is not a generator export (also a ``ValueError``)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_resolution(resolution: Any, lo: int = 32, hi: int = 1024) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise StyleGANConfigError(f"resolution must be an int power of two in [{lo}, {hi}], got {resolution!r}")
+    if resolution < lo or resolution > hi or resolution & (resolution - 1):
+        raise StyleGANConfigError(f"resolution must be a power of two in [{lo}, {hi}], got {resolution}")
+    return resolution
+
+
+def _check_positive(**values: Any) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise StyleGANConfigError(f"{name} must be a positive int, got {v!r}")
+
+
+def _fir_matrix(n_in: int, n_out: int, offset: int, stride: int, gain: float) -> torch.Tensor:
+    """Banded ``[n_out, n_in]`` matrix: ``y[o] = gain * sum_j f[j] * x[stride*o + j - offset]``.
+
+    ``f`` is the normalised [1, 3, 3, 1] filter; out-of-range ``x`` count as zero,
+    so zero padding is folded into the matrix.
+    """
+    taps = torch.tensor(_FIR_TAPS, dtype=torch.float64)
+    taps = taps / taps.sum() * gain
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        for j in range(len(_FIR_TAPS)):
+            i = stride * o + j - offset
+            if 0 <= i < n_in:
+                m[o, i] += taps[j]
+    return m.float()
+
+
+def _upsample_matrix(n_in: int, gain: float) -> torch.Tensor:
+    """``[2 n_in, n_in]``: zero-insertion upsampling by 2 followed by the FIR filter (centred)."""
+    taps = torch.tensor(_FIR_TAPS, dtype=torch.float64)
+    taps = taps / taps.sum() * gain
+    m = torch.zeros(2 * n_in, n_in, dtype=torch.float64)
+    for o in range(2 * n_in):
+        for i in range(n_in):
+            j = 2 * i - o + 2
+            if 0 <= j < len(_FIR_TAPS):
+                m[o, i] = taps[j]
+    return m.float()
+
+
+def _fir2d(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+    """Apply the separable filter ``mat`` (``[n_out, n_in]``) to both spatial axes of NCHW ``x``."""
+    x = torch.matmul(x, mat.t())  # along W
+    return torch.matmul(mat, x)  # along H (mat broadcasts over N, C)
+
+
+def _lrelu(x: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """Leaky ReLU(0.2) *without* its sqrt(2) gain (the gain is folded into the consumer)."""
+    x = F.leaky_relu(x, _LRELU_SLOPE)
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalised learning rate.
+
+    Weights are stored ``N(0, 1) / lr_mul`` and scaled at run time by
+    ``lr_mul / sqrt(in_features)``; the bias by ``lr_mul``. ``activation='lrelu'``
+    applies leaky ReLU(0.2) times ``act_gain`` (sqrt(2) by default).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: str | None = None,
+        weight_gain: float = 1.0,
+        act_gain: float = _LRELU_GAIN,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init) / lr_mul))
+        self.weight_gain = weight_gain * lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        self.activation = activation
+        self.act_gain = act_gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, _LRELU_SLOPE)
+            if self.act_gain != 1.0:
+                x = x * self.act_gain
+        return x
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+class ModulatedConv(nn.Module):
+    """Modulated, demodulated 3x3 conv + noise + bias + leaky ReLU (one synthesis layer).
+
+    ``forward(x, w)``: ``x [B, in_ch, H, W]`` (H = W = ``resolution // 2`` when
+    ``up``), ``w [B, w_dim]`` -> ``[B, out_ch, resolution, resolution]``.
+    The output omits the activation's sqrt(2) gain; the consumer applies it
+    through ``in_gain`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: bool = False,
+        in_gain: float = 1.0,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.resolution, self.up = resolution, up
+        self.in_gain = in_gain
+        self.conv_clamp = conv_clamp
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * 9)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.noise_strength = nn.Parameter(torch.zeros(()))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        if up:
+            # transposed conv gives 2n+1 samples; pad 1 each side, 4-tap filter, gain 2 per axis
+            n = resolution // 2
+            self.register_buffer(
+                "blur", _fir_matrix(2 * n + 1, 2 * n, offset=1, stride=1, gain=2.0), persistent=False
+            )
+
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused: bool = False
+    ) -> torch.Tensor:
+        batch = x.shape[0]
+        styles = self.affine(w) * self.weight_gain  # [B, I], equalised-lr gain folded in
+        # demodulation: d[b, o] = 1 / sqrt(sum_{i,k} (W[o,i,k] * s[b,i])^2)
+        wsq = self.weight.square().sum(dim=(2, 3))  # [O, I]
+        dcoefs = torch.rsqrt(torch.matmul(styles.square(), wsq.t()) + 1e-8)  # [B, O]
+        if fused:
+            weight = self.weight.unsqueeze(0) * (styles * self.in_gain)[:, None, :, None, None]
+            weight = weight * dcoefs[:, :, None, None, None]
+            x = x.reshape(1, batch * self.in_channels, *x.shape[2:])
+            if self.up:
+                weight = weight.transpose(1, 2).reshape(batch * self.in_channels, self.out_channels, 3, 3)
+                x = F.conv_transpose2d(x, weight, stride=2, groups=batch)
+                x = _fir2d(x, self.blur)
+            else:
+                weight = weight.reshape(batch * self.out_channels, self.in_channels, 3, 3)
+                x = F.conv2d(x, weight, padding=1, groups=batch)
+            x = x.reshape(batch, self.out_channels, *x.shape[2:])
+            x = x + self.bias.view(1, -1, 1, 1)
+        else:
+            x = x * (styles * self.in_gain)[:, :, None, None]
+            if self.up:
+                x = F.conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)
+                x = _fir2d(x, self.blur)
+            else:
+                x = F.conv2d(x, self.weight, padding=1)
+            x = torch.addcmul(self.bias.view(1, -1, 1, 1), x, dcoefs[:, :, None, None])
+        if noise_mode == "random":
+            noise = torch.randn(batch, 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength
+        elif noise_mode == "const":
+            x = x + self.noise_const * self.noise_strength
+        return _lrelu(x, self.conv_clamp)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv without demodulation, plus bias: features -> RGB.
+
+    ``forward(x [B, C, H, W], w [B, w_dim]) -> [B, img_channels, H, W]``.
+    Runs as one batched matmul with per-sample weights (no activation pass).
+    """
+
+    def __init__(
+        self, in_channels: int, img_channels: int, w_dim: int, in_gain: float = 1.0, conv_clamp: float | None = None
+    ):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(img_channels, in_channels))
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+        self.scale = in_gain / math.sqrt(in_channels)
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        b, c, h, wd = x.shape
+        styles = self.affine(w) * self.scale  # [B, C]
+        weight = self.weight.unsqueeze(0) * styles.unsqueeze(1)  # [B, img, C]
+        out = torch.baddbmm(self.bias.view(1, -1, 1), weight, x.reshape(b, c, h * wd))
+        out = out.reshape(b, -1, h, wd)
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
+        return out
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the skip generator: (up-conv,) conv, toRGB, running-image upsample."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        conv_clamp: float | None,
+    ):
+        super().__init__()
+        self.resolution = resolution
+        self.first = in_channels == 0
+        if self.first:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.conv0 = None
+            self.conv1 = ModulatedConv(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        else:
+            self.conv0 = ModulatedConv(
+                in_channels, out_channels, w_dim, resolution, up=True, in_gain=_LRELU_GAIN, conv_clamp=conv_clamp
+            )
+            self.conv1 = ModulatedConv(
+                out_channels, out_channels, w_dim, resolution, in_gain=_LRELU_GAIN, conv_clamp=conv_clamp
+            )
+            self.register_buffer("img_up", _upsample_matrix(resolution // 2, gain=2.0), persistent=False)
+        self.torgb = ToRGB(out_channels, img_channels, w_dim, in_gain=_LRELU_GAIN, conv_clamp=conv_clamp)
+        self.num_conv = 1 if self.first else 2
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        noise_mode: str,
+        fused: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.first:
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.conv1(x, ws[:, 0], noise_mode, fused)
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode, fused)
+            x = self.conv1(x, ws[:, 1], noise_mode, fused)
+        rgb = self.torgb(x, ws[:, self.num_conv])
+        img = rgb if img is None else _fir2d(img, self.img_up) + rgb
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """``ws [B, num_ws, w_dim]`` -> image ``[B, img_channels, resolution, resolution]``, roughly ``[-1, 1]``.
+
+    Each ws row drives one layer (W+): block at 4 px uses rows 0 (conv) and 1
+    (toRGB); block ``k`` above it uses rows ``2k-1``, ``2k`` (convs) and ``2k+1``
+    (toRGB, shared with the next block's first conv).
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        w_dim: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        self.resolution = resolution
+        self.w_dim = w_dim
+        log2 = int(math.log2(resolution))
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        self.blocks = nn.ModuleList()
+        self.ws_index: list[int] = []
+        idx = 0
+        for r in self.block_resolutions:
+            in_ch = 0 if r == 4 else channels[r // 2]
+            blk = SynthesisBlock(in_ch, channels[r], w_dim, r, img_channels, conv_clamp)
+            self.blocks.append(blk)
+            self.ws_index.append(idx)
+            idx += blk.num_conv
+        self.num_ws = idx + 1
+
+    def forward(
+        self, ws: torch.Tensor, noise_mode: str = "random", fused_modconv: bool | None = None
+    ) -> torch.Tensor:
+        """Render ``ws [B, num_ws, w_dim]``. ``noise_mode``: 'random' | 'const' | 'none'.
+
+        ``fused_modconv``: None picks the faster path (activation scaling; see module docs).
+        """
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"ws must be [B, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        if noise_mode not in _NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}")
+        fused = bool(fused_modconv) if fused_modconv is not None else False
+        x = img = None
+        for blk, idx in zip(self.blocks, self.ws_index):
+            x, img = blk(x, img, ws[:, idx : idx + blk.num_conv + 1], noise_mode, fused)
+        return img
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator (skip architecture): ``z [B, z_dim]`` -> image ``[B, img_channels, R, R]``.
+
+    ``mapping(z) -> ws [B, num_ws, w_dim]`` and ``synthesis(ws) -> image`` are
+    exposed separately so encoders can write W+ codes directly. Images are
+    roughly in ``[-1, 1]`` (no tanh, like StyleGAN2).
+
+    Channels at resolution ``r`` are ``min(channel_base // r, channel_max)``.
+    All weights use the equalised learning rate; the mapping network's by
+    ``mapping_lr_mul`` too. ``w_avg`` tracks the mean W for truncation.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        z_dim: int = 512,
+        w_dim: int = 512,
+        mapping_layers: int = 8,
+        mapping_lr_mul: float = 0.01,
+        channel_base: int = 16384,
+        channel_max: int = 512,
+        img_channels: int = 3,
+        style_mixing_prob: float = 0.9,
+        w_avg_beta: float = 0.995,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        _check_resolution(resolution)
+        _check_positive(
+            z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers, channel_base=channel_base,
+            channel_max=channel_max, img_channels=img_channels,
+        )  # fmt: skip
+        if not 0.0 <= float(style_mixing_prob) <= 1.0:
+            raise StyleGANConfigError(f"style_mixing_prob must be in [0, 1], got {style_mixing_prob}")
+        if not 0.0 <= float(w_avg_beta) <= 1.0:
+            raise StyleGANConfigError(f"w_avg_beta must be in [0, 1], got {w_avg_beta}")
+        if channel_base // resolution < 1:
+            raise StyleGANConfigError(
+                f"channel_base={channel_base} gives no channels at resolution {resolution}; use >= {resolution}"
+            )
+        self._kwargs: dict[str, Any] = dict(
+            resolution=int(resolution), z_dim=int(z_dim), w_dim=int(w_dim), mapping_layers=int(mapping_layers),
+            mapping_lr_mul=float(mapping_lr_mul), channel_base=int(channel_base), channel_max=int(channel_max),
+            img_channels=int(img_channels), style_mixing_prob=float(style_mixing_prob),
+            w_avg_beta=float(w_avg_beta), conv_clamp=None if conv_clamp is None else float(conv_clamp),
+        )  # fmt: skip
+        self.resolution, self.z_dim, self.w_dim, self.img_channels = resolution, z_dim, w_dim, img_channels
+        self.style_mixing_prob = float(style_mixing_prob)
+        self.w_avg_beta = float(w_avg_beta)
+        dims = [z_dim] + [w_dim] * mapping_layers
+        self.mapping_net = nn.Sequential(
+            *[
+                EqualLinear(dims[i], dims[i + 1], lr_mul=mapping_lr_mul, activation="lrelu")
+                for i in range(mapping_layers)
+            ]
+        )
+        self.synthesis = SynthesisNetwork(resolution, w_dim, img_channels, channel_base, channel_max, conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor kwargs that rebuild this generator (plain Python values)."""
+        return dict(self._kwargs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.get_config()
+
+    def mapping(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_w_avg: bool = False,
+    ) -> torch.Tensor:
+        """``z [B, z_dim]`` -> ``ws [B, num_ws, w_dim]`` (the same w on every row).
+
+        ``update_w_avg`` (training) moves ``w_avg`` toward the batch mean w.
+        Truncation pulls rows ``< truncation_cutoff`` (all when None) toward
+        ``w_avg``: ``w_avg + psi * (w - w_avg)``.
+        """
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be [B, {self.z_dim}], got {list(z.shape)}")
+        x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+        w = self.mapping_net(x)
+        if update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(dim=0).to(self.w_avg.dtype).lerp(self.w_avg, self.w_avg_beta))
+        ws = w.unsqueeze(1).expand(-1, self.num_ws, -1)
+        if truncation_psi != 1:
+            w_avg = self.w_avg.to(ws.dtype)
+            if truncation_cutoff is None:
+                ws = w_avg.lerp(ws, truncation_psi)
+            else:
+                head = w_avg.lerp(ws[:, :truncation_cutoff], truncation_psi)
+                ws = torch.cat([head, ws[:, truncation_cutoff:]], dim=1)
+        return ws
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        noise_mode: str = "random",
+        update_w_avg: bool = False,
+        fused_modconv: bool | None = None,
+    ) -> torch.Tensor:
+        """``z [B, z_dim]`` -> image ``[B, img_channels, R, R]``, roughly ``[-1, 1]``.
+
+        In training mode with ``style_mixing_prob > 0``, each sample, with that
+        probability, takes its ws from a second z from a random layer onward.
+        """
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
+        if self.training and self.style_mixing_prob > 0:
+            ws2 = self.mapping(torch.randn_like(z), truncation_psi, truncation_cutoff)
+            batch = z.shape[0]
+            cutoff = torch.randint(1, self.num_ws, (batch, 1), device=z.device)
+            mix = torch.rand(batch, 1, device=z.device) < self.style_mixing_prob
+            cutoff = torch.where(mix, cutoff, torch.full_like(cutoff, self.num_ws))
+            layer = torch.arange(self.num_ws, device=z.device).unsqueeze(0)
+            ws = torch.where((layer >= cutoff).unsqueeze(-1), ws2, ws)
+        return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+
+
+def export_generator(g: Generator, path: str | Path) -> Path:
+    """Write ``g`` to ``path`` atomically as ``{"format", "class", "kwargs", "state_dict"}``.
+
+    Only tensors and plain Python values are stored, so :func:`load_generator`
+    reads it with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": EXPORT_FORMAT,
+        "class": f"{Generator.__module__}.{Generator.__qualname__}",
+        "kwargs": g.get_config(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in g.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
+    """Rebuild a :class:`Generator` from :func:`export_generator` output (eval mode).
+
+    Raises :class:`GeneratorFileError` (a ``ValueError``) naming ``path`` when the
+    file is missing, unreadable, or not a generator export.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeneratorFileError(f"{path}: generator file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise GeneratorFileError(f"{path}: not a readable generator export ({exc.__class__.__name__})") from None
+    expected_class = f"{Generator.__module__}.{Generator.__qualname__}"
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != EXPORT_FORMAT
+        or payload.get("class") != expected_class
+        or not isinstance(payload.get("kwargs"), dict)
+        or not isinstance(payload.get("state_dict"), dict)
+    ):
+        raise GeneratorFileError(
+            f"{path}: not a garment_gen generator export (expected format {EXPORT_FORMAT!r} "
+            "with class, kwargs and state_dict)"
+        )
+    try:
+        g = Generator(**payload["kwargs"])
+        g.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise GeneratorFileError(f"{path}: generator export does not match this code: {exc}") from None
+    return g.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------- discriminator
+
+
+class EqualConv2d(nn.Module):
+    """Conv with equalised learning rate; optional blur-then-stride-2 downsampling.
+
+    ``in_gain`` multiplies the input (folded into the weight scale), so a
+    preceding activation's gain costs nothing. ``activation='lrelu'`` applies
+    leaky ReLU(0.2) *without* its sqrt(2) gain (folded into the next layer).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        resolution: int,
+        down: bool = False,
+        bias: bool = True,
+        activation: str | None = None,
+        in_gain: float = 1.0,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = in_gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.kernel_size, self.down, self.activation = kernel_size, down, activation
+        self.conv_clamp = conv_clamp
+        if down:
+            if kernel_size == 1:
+                # blur with the sample grid shifted half a pixel, then keep every other one
+                blur = _fir_matrix(resolution, resolution // 2, offset=1, stride=2, gain=1.0)
+            else:
+                # pad 2, blur (n + 1 samples); the stride-2 3x3 conv then lands on n / 2 outputs
+                blur = _fir_matrix(resolution, resolution + 1, offset=2, stride=1, gain=1.0)
+            self.register_buffer("blur", blur, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight * self.weight_gain
+        if self.down:
+            x = _fir2d(x, self.blur)
+            if self.kernel_size == 1:
+                x = F.conv2d(x, weight, self.bias)
+            else:
+                x = F.conv2d(x, weight, self.bias, stride=2)
+        else:
+            x = F.conv2d(x, weight, self.bias, padding=self.kernel_size // 2)
+        if self.activation == "lrelu":
+            x = _lrelu(x, self.conv_clamp)
+        return x
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block ``[B, C, r, r] -> [B, C', r/2, r/2]``: two 3x3 convs + blurred 1x1 skip, summed / sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, resolution: int, in_gain: float, conv_clamp: float | None):
+        super().__init__()
+        self.conv0 = EqualConv2d(
+            in_channels, in_channels, 3, resolution, activation="lrelu", in_gain=in_gain, conv_clamp=conv_clamp
+        )
+        # conv1 output gain sqrt(2) * sqrt(1/2) = 1; the skip carries the 1/sqrt(2)
+        self.conv1 = EqualConv2d(
+            in_channels, out_channels, 3, resolution, down=True, activation="lrelu", in_gain=_LRELU_GAIN,
+            conv_clamp=conv_clamp,
+        )  # fmt: skip
+        self.skip = EqualConv2d(
+            in_channels, out_channels, 1, resolution, down=True, bias=False, in_gain=in_gain * math.sqrt(0.5)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.skip(x)
+        x = self.conv1(self.conv0(x))
+        return x + y
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
+    """Append ``num_channels`` feature maps holding the std-dev over sample groups.
+
+    ``x [B, C, H, W] -> [B, C + num_channels, H, W]``. The group size is
+    ``min(group_size, B)``, lowered to the largest divisor of ``B`` when ``B`` is
+    not a multiple; sample ``n`` is grouped with samples ``n +- k * B/G``.
+    """
+    b, c, h, w = x.shape
+    g = max(1, min(group_size, b))
+    while b % g:
+        g -= 1
+    f = num_channels
+    if c % f:
+        raise ValueError(f"mbstd_num_channels={f} must divide the channel count {c}")
+    y = x.reshape(g, b // g, f, c // f, h, w).float()
+    y = y - y.mean(dim=0)
+    y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [B/G, F, C/F, H, W]
+    y = y.mean(dim=(2, 3, 4)).to(x.dtype)  # [B/G, F]
+    y = y.reshape(1, b // g, f, 1, 1).expand(g, -1, -1, h, w).reshape(b, f, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 residual discriminator: image ``[B, img_channels, R, R]`` in ``[-1, 1]`` -> logits ``[B, 1]``."""
+
+    def __init__(
+        self,
+        resolution: int,
+        img_channels: int = 3,
+        channel_base: int = 16384,
+        channel_max: int = 512,
+        mbstd_group_size: int = 4,
+        mbstd_num_channels: int = 1,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        _check_resolution(resolution)
+        _check_positive(
+            img_channels=img_channels, channel_base=channel_base, channel_max=channel_max,
+            mbstd_group_size=mbstd_group_size,
+        )  # fmt: skip
+        if isinstance(mbstd_num_channels, bool) or not isinstance(mbstd_num_channels, int) or mbstd_num_channels < 0:
+            raise StyleGANConfigError(f"mbstd_num_channels must be an int >= 0, got {mbstd_num_channels!r}")
+        if channel_base // resolution < 1:
+            raise StyleGANConfigError(
+                f"channel_base={channel_base} gives no channels at resolution {resolution}; use >= {resolution}"
+            )
+        self.resolution, self.img_channels = resolution, img_channels
+        self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
+        log2 = int(math.log2(resolution))
+        block_res = [2**i for i in range(log2, 2, -1)]
+        channels = {r: min(channel_base // r, channel_max) for r in block_res + [4]}
+        if mbstd_num_channels and channels[4] % mbstd_num_channels:
+            raise StyleGANConfigError(
+                f"mbstd_num_channels={mbstd_num_channels} must divide the 4x4 channel count {channels[4]}"
+            )
+        self.from_rgb = EqualConv2d(img_channels, channels[resolution], 1, resolution, activation="lrelu")
+        blocks = []
+        for i, r in enumerate(block_res):
+            in_gain = _LRELU_GAIN if i == 0 else 1.0  # fromRGB output lacks its activation gain
+            blocks.append(DiscriminatorBlock(channels[r], channels[r // 2], r, in_gain, conv_clamp))
+        self.blocks = nn.ModuleList(blocks)
+        c4 = channels[4]
+        self.epilogue_conv = EqualConv2d(
+            c4 + mbstd_num_channels, c4, 3, 4, activation="lrelu", conv_clamp=conv_clamp
+        )
+        self.fc = EqualLinear(c4 * 16, c4, activation="lrelu", weight_gain=_LRELU_GAIN, act_gain=1.0)
+        self.out = EqualLinear(c4, 1, weight_gain=_LRELU_GAIN)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """``img [B, img_channels, R, R]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""
+        if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.resolution, self.resolution):
+            raise ValueError(
+                f"img must be [B, {self.img_channels}, {self.resolution}, {self.resolution}], got {list(img.shape)}"
+            )
+        x = self.from_rgb(img)
+        for blk in self.blocks:
+            x = blk(x)
+        if self.mbstd_num_channels:
+            x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
+        x = self.epilogue_conv(x)
+        x = self.fc(x.flatten(1))
+        return self.out(x)
