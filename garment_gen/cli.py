@@ -17,6 +17,17 @@ from omegaconf.errors import MissingMandatoryValue
 from garment_gen.errors import GarmentGenError
 
 
+def _user_cause(exc: BaseException) -> GarmentGenError | None:
+    """The GarmentGenError behind ``exc``, also when a library (Hydra's instantiate) wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, GarmentGenError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn :class:`GarmentGenError` and missing config values into ``error: ...`` + exit 2."""
 
@@ -26,6 +37,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except GarmentGenError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except Exception as exc:
+            cause = _user_cause(exc)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             raise SystemExit(2) from None
         except MissingMandatoryValue as exc:
             key = getattr(exc, "full_key", None) or str(exc)

@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from garment_gen import conf_dir
 from garment_gen.cli import check_group_choice, user_errors
@@ -47,12 +47,36 @@ def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def resolve_latest(value: str, log_dir: str | Path, stage: str, filename: str) -> str:
+    """``latest`` -> the newest ``<log_dir>/<stage>/runs/*/<filename>``; other values unchanged."""
+    if value != "latest":
+        return value
+    found = sorted(Path(log_dir).glob(f"{stage}/runs/*/{filename}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(
+            f"no {filename} found under {Path(log_dir) / stage / 'runs'}; "
+            f"run `python -m garment_gen.train stage={stage}` first or give the file's path"
+        )
+    log.info("latest %s: %s", filename, found[-1])
+    return str(found[-1])
+
+
+def _resolve_artefacts(cfg: DictConfig) -> None:
+    """Replace ``latest`` in ``model.generator`` / ``loss.segmenter`` with real paths."""
+    with open_dict(cfg):
+        if isinstance(cfg.get("model"), DictConfig) and cfg.model.get("generator", None) == "latest":
+            cfg.model.generator = resolve_latest("latest", cfg.paths.log_dir, "pretrain", "generator.pt")
+        if isinstance(cfg.get("loss"), DictConfig) and cfg.loss.get("segmenter", None) == "latest":
+            cfg.loss.segmenter = resolve_latest("latest", cfg.paths.log_dir, "segmenter", "segmenter.pt")
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, LightningModule and Trainer from a composed config.
 
     The datamodule comes first: the module is built for the data's resolution,
     passed in code rather than copied between configs.
     """
+    _resolve_artefacts(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
     module = hydra.utils.instantiate(
         cfg.model, resolution=datamodule.resolution, loss=cfg.get("loss"), _recursive_=False
@@ -71,6 +95,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The metric named by ``cfg.monitor`` (the stage's validation loss or score) is
     also returned under the key ``"objective"`` for sweepers.
     """
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(
+            f"missing required value(s): {', '.join(missing)}; set them on the command line, e.g. {missing[0]}=..."
+        )
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -313,11 +313,14 @@ class PretrainModule(pl.LightningModule):
         self.realism.update(self.generate(self._z(real_img.shape[0])).clamp(-1, 1), real=False)
 
     def on_validation_epoch_end(self) -> None:
-        if self.realism is None:
-            return
-        value = self.realism.compute()
-        self.log(f"val/{self.realism.name}", value, sync_dist=True)
-        self.log("val/fd", value, prog_bar=True, sync_dist=True)
+        if self.realism is not None:
+            value = self.realism.compute()
+            self.log(f"val/{self.realism.name}", value, sync_dist=True)
+            self.log("val/fd", value, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self.save_samples()
+
+    def on_train_end(self) -> None:
         self.save_samples()
 
     # ------------------------------------------------------------------ checkpoints and export

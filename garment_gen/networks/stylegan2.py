@@ -170,7 +170,7 @@ class EqualLinear(nn.Module):
 class ModulatedConv(nn.Module):
     """Modulated, demodulated 3x3 conv + noise + bias + leaky ReLU (one synthesis layer).
 
-    ``forward(x, w)``: ``x [B, in_ch, H, W]`` (H = W = ``resolution // 2`` when
+    ``forward(x, w)``: ``x [B or 1, in_ch, H, W]`` (H = W = ``resolution // 2`` when
     ``up``), ``w [B, w_dim]`` -> ``[B, out_ch, resolution, resolution]``.
     The output omits the activation's sqrt(2) gain; the consumer applies it
     through ``in_gain`` (see the module docstring).
@@ -207,7 +207,7 @@ class ModulatedConv(nn.Module):
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused: bool = False
     ) -> torch.Tensor:
-        batch = x.shape[0]
+        batch = w.shape[0]
         styles = self.affine(w) * self.weight_gain  # [B, I], equalised-lr gain folded in
         # demodulation: d[b, o] = 1 / sqrt(sum_{i,k} (W[o,i,k] * s[b,i])^2)
         wsq = self.weight.square().sum(dim=(2, 3))  # [O, I]
@@ -215,7 +215,7 @@ class ModulatedConv(nn.Module):
         if fused:
             weight = self.weight.unsqueeze(0) * (styles * self.in_gain)[:, None, :, None, None]
             weight = weight * dcoefs[:, :, None, None, None]
-            x = x.reshape(1, batch * self.in_channels, *x.shape[2:])
+            x = x.expand(batch, -1, -1, -1).reshape(1, batch * self.in_channels, *x.shape[2:])
             if self.up:
                 weight = weight.transpose(1, 2).reshape(batch * self.in_channels, self.out_channels, 3, 3)
                 x = F.conv_transpose2d(x, weight, stride=2, groups=batch)
@@ -285,7 +285,8 @@ class SynthesisBlock(nn.Module):
         self.resolution = resolution
         self.first = in_channels == 0
         if self.first:
-            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            # kept [1, C, r, r] and broadcast by the modulation, never expanded to the batch
+            self.const = nn.Parameter(torch.randn(1, out_channels, resolution, resolution))
             self.conv0 = None
             self.conv1 = ModulatedConv(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
         else:
@@ -308,8 +309,7 @@ class SynthesisBlock(nn.Module):
         fused: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.first:
-            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
-            x = self.conv1(x, ws[:, 0], noise_mode, fused)
+            x = self.conv1(self.const, ws[:, 0], noise_mode, fused)
         else:
             x = self.conv0(x, ws[:, 0], noise_mode, fused)
             x = self.conv1(x, ws[:, 1], noise_mode, fused)
