@@ -74,7 +74,7 @@ class Segmenter(nn.Module):
         """Segment one ``uint8`` RGB photo ``[H, W, 3]``; returns ``uint8`` ``{0, 255}`` ``[H, W]``."""
         device = next(self.parameters()).device
         h, w = image.shape[:2]
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
         size = self.resolution
         x_small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         prob = torch.sigmoid(self(x_small))
