@@ -42,18 +42,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--z-dim", type=int, default=512)
     p.add_argument("--w-dim", type=int, default=512)
     p.add_argument("--mapping-layers", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: leave as is")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (CPU); default: leave as is",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast to bfloat16")
+    p.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast to bfloat16"
+    )
     p.add_argument("--steps", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
-    p.add_argument("--compile", action="store_true", help="torch.compile G.synthesis, G.mapping_net and D")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile G.synthesis, G.mapping_net and D"
+    )
     p.add_argument("--fused-modconv", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-infer", action="store_true")
-    p.add_argument("--infer-batch", type=int, default=None, help="inference batch (default: --batch)")
+    p.add_argument(
+        "--infer-batch", type=int, default=None, help="inference batch (default: --batch)"
+    )
     p.add_argument("--matmul-size", type=int, default=None, help="default 4096 on CPU, 8192 on GPU")
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table for one train step")
+    p.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table for one train step"
+    )
+    p.add_argument(
+        "--malloc-tune",
+        action="store_true",
+        help="CPU/glibc: keep freed memory in the heap (no mmap/trim), so large tensors stop page-faulting",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -85,6 +103,47 @@ def matmul_gflops(size: int, dtype: torch.dtype, device: torch.device, reps: int
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def time_bracketed(
+    fn, n: int, warmup: int, device: torch.device, mm_probe
+) -> list[tuple[float, float]]:
+    """``(seconds, matmul GFLOP/s)`` per timed call; the matmul speed is the mean of probes
+    just before and just after the call, so a shared machine's changing load cancels
+    in the ratio."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    before = mm_probe()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t
+        after = mm_probe()
+        out.append((dt, (before + after) / 2))
+        before = after
+    return out
+
+
+def tune_glibc_malloc() -> bool:
+    """Serve every allocation from the heap and never trim it (glibc only).
+
+    PyTorch frees big CPU tensors back to the OS (mmap), so each new
+    activation page-faults on first touch; at 64 px those tensors are ~30 MB.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))
+
+
 def count_flops(fn) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one call of ``fn`` and their split by op (conv vs matmul...)."""
     with FlopCounterMode(display=False) as counter:
@@ -99,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # compare like with like: true fp32
@@ -108,10 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     G = Generator(
-        resolution=args.resolution, z_dim=args.z_dim, w_dim=args.w_dim, mapping_layers=args.mapping_layers,
-        channel_base=args.channel_base, channel_max=args.channel_max,
-    ).to(device)  # fmt: skip
-    D = Discriminator(resolution=args.resolution, channel_base=args.channel_base, channel_max=args.channel_max).to(device)
+        resolution=args.resolution,
+        z_dim=args.z_dim,
+        w_dim=args.w_dim,
+        mapping_layers=args.mapping_layers,
+        channel_base=args.channel_base,
+        channel_max=args.channel_max,
+    ).to(device)
+    D = Discriminator(
+        resolution=args.resolution, channel_base=args.channel_base, channel_max=args.channel_max
+    ).to(device)
     g_opt = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
     d_opt = torch.optim.Adam(D.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
     G_run, D_run = G, D
@@ -131,7 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
         # Gmain: D is frozen for this phase, so only input gradients flow through it
         D.requires_grad_(False)
         with autocast():
-            fake_img = G_run(torch.randn(batch, args.z_dim, device=device), update_w_avg=True, fused_modconv=fused)
+            fake_img = G_run(
+                torch.randn(batch, args.z_dim, device=device),
+                update_w_avg=True,
+                fused_modconv=fused,
+            )
             g_loss = F.softplus(-D_run(fake_img)).float().mean()
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -141,7 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
         with autocast():
             with torch.no_grad():
                 fake_img = G_run(torch.randn(batch, args.z_dim, device=device), fused_modconv=fused)
-            d_loss = F.softplus(D_run(fake_img)).float().mean() + F.softplus(-D_run(real_img)).float().mean()
+            d_loss = (
+                F.softplus(D_run(fake_img)).float().mean()
+                + F.softplus(-D_run(real_img)).float().mean()
+            )
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()
@@ -165,7 +238,19 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "malloc_tuned": malloc_tuned,
     }
+    mm_dtype = torch.float32 if ref_key == "fp32" else torch.bfloat16
+    probe_a = torch.randn(mm_size, mm_size, device=device, dtype=mm_dtype)
+    probe_b = torch.randn(mm_size, mm_size, device=device, dtype=mm_dtype)
+
+    def mm_probe() -> float:
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(probe_a, probe_b)
+        _sync(device)
+        return 2 * mm_size**3 / (time.perf_counter() - t) / 1e9
+
     rows = []
     for name, fn, n_img, skip in [
         ("train", train_step, batch, args.skip_train),
@@ -173,10 +258,13 @@ def main(argv: list[str] | None = None) -> dict:
     ]:
         if skip:
             continue
-        times = time_calls(fn, args.steps, args.warmup, device)
+        timed = time_bracketed(fn, args.steps, args.warmup, device, mm_probe)
+        times = [dt for dt, _ in timed]
         flops, by_op = count_flops(fn)
         t = statistics.median(times)
         gflops = flops / t / 1e9
+        # per-iteration ratio against the matmul measured around that iteration
+        bracketed = statistics.median(flops / dt / 1e9 / mm_gf for dt, mm_gf in timed)
         rows.append(
             {
                 "phase": name,
@@ -188,10 +276,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "gflop_by_op_per_img": {k: v / n_img / 1e9 for k, v in by_op.items()},
                 "gflop_per_s": gflops,
                 "ratio_to_matmul": gflops / mm[ref_key],
+                "matmul_gflops_bracketing": statistics.median(mm_gf for _, mm_gf in timed),
+                "ratio_to_bracketing_matmul": bracketed,
             }
         )
     # matmul again after the model runs: on a shared machine the two readings bracket the load
-    mm_after = matmul_gflops(mm_size, torch.float32 if ref_key == "fp32" else torch.bfloat16, device)
+    mm_after = matmul_gflops(
+        mm_size, torch.float32 if ref_key == "fp32" else torch.bfloat16, device
+    )
     results["matmul_gflops"] = mm
     results["matmul_gflops_after"] = mm_after
     results["rows"] = rows
@@ -199,16 +291,26 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"device={results['device']} threads={results['threads']} dtype={args.dtype} res={args.resolution} "
         f"batch={batch} channel_base={args.channel_base} channel_max={args.channel_max} compile={args.compile} "
-        f"fused_modconv={args.fused_modconv}"
+        f"fused_modconv={args.fused_modconv} malloc_tuned={malloc_tuned}"
     )
     print(f"matmul {mm_size}^2 {ref_key}: {mm[ref_key]:.1f} GFLOP/s before, {mm_after:.1f} after")
-    print(f"{'phase':<6} {'img/s':>8} {'s/iter':>8} {'GFLOP/img':>10} {'GFLOP/s':>9} {'/matmul':>8}  flops by op (GFLOP/img)")
+    print(
+        f"{'phase':<6} {'img/s':>8} {'s/iter':>8} {'GFLOP/img':>10} {'GFLOP/s':>9} {'/matmul':>8} "
+        f"{'/bracket':>8}  flops by op (GFLOP/img)"
+    )
     for r in rows:
-        ops = ", ".join(f"{k}={v:.1f}" for k, v in sorted(r["gflop_by_op_per_img"].items(), key=lambda kv: -kv[1]))
+        ops = ", ".join(
+            f"{k}={v:.1f}"
+            for k, v in sorted(r["gflop_by_op_per_img"].items(), key=lambda kv: -kv[1])
+        )
         print(
             f"{r['phase']:<6} {r['img_per_s']:>8.3f} {r['s_per_iter_median']:>8.3f} {r['gflop_per_img']:>10.1f} "
-            f"{r['gflop_per_s']:>9.1f} {r['ratio_to_matmul']:>8.3f}  {ops}"
+            f"{r['gflop_per_s']:>9.1f} {r['ratio_to_matmul']:>8.3f} {r['ratio_to_bracketing_matmul']:>8.3f}  {ops}"
         )
+    print(
+        "/matmul: against the matmul timed before the runs; /bracket: median over iterations of the ratio "
+        "to the matmul timed right before and after each iteration (robust to a shared machine's load)"
+    )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

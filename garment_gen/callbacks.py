@@ -23,6 +23,7 @@ class LossThresholdStopping(EarlyStopping):
     def __init__(self, monitor: str = "val/objective", patience: int = 1_000_000, **kwargs):
         kwargs.setdefault("mode", "min")
         kwargs.setdefault("check_finite", True)
+        kwargs.setdefault("check_on_train_epoch_end", False)  # judge on validation results only
         kwargs.setdefault("verbose", True)
         super().__init__(monitor=monitor, patience=patience, **kwargs)
 

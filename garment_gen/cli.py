@@ -38,15 +38,15 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except GarmentGenError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", None) or str(exc)
+            print(f"error: missing required value '{key}': set it on the command line, e.g. {key}=...", file=sys.stderr)
+            raise SystemExit(2) from None
         except Exception as exc:
             cause = _user_cause(exc)
             if cause is None:
                 raise
             print(f"error: {cause}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except MissingMandatoryValue as exc:
-            key = getattr(exc, "full_key", None) or str(exc)
-            print(f"error: missing required value '{key}': set it on the command line, e.g. {key}=...", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

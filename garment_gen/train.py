@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from garment_gen import conf_dir
-from garment_gen.cli import check_group_choice, user_errors
+from garment_gen.cli import _user_cause, check_group_choice, user_errors
 from garment_gen.errors import ConfigError
 from garment_gen.utils.checkpoint import AtomicCheckpointIO
 from garment_gen.utils.run_info import write_run_info
@@ -70,6 +70,17 @@ def _resolve_artefacts(cfg: DictConfig) -> None:
             cfg.loss.segmenter = resolve_latest("latest", cfg.paths.log_dir, "segmenter", "segmenter.pt")
 
 
+def _instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets our own user errors through unwrapped."""
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except Exception as exc:
+        cause = _user_cause(exc)
+        if cause is not None and cause is not exc:
+            raise cause from None
+        raise
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, LightningModule and Trainer from a composed config.
 
@@ -77,8 +88,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     passed in code rather than copied between configs.
     """
     _resolve_artefacts(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
-    module = hydra.utils.instantiate(
+    datamodule = _instantiate(cfg.data, _recursive_=False)
+    module = _instantiate(
         cfg.model, resolution=datamodule.resolution, loss=cfg.get("loss"), _recursive_=False
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
@@ -139,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _stop_reason(trainer: pl.Trainer) -> str:
     for cb in trainer.callbacks:
         reason = getattr(cb, "stopping_reason_message", None)
-        if getattr(cb, "stopped_epoch", 0) and reason:
+        if reason:
             return f"early stopping: {reason}"
     if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return f"reached max_steps={trainer.max_steps}"

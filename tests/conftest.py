@@ -95,9 +95,8 @@ def sample_root() -> Path:
     return root
 
 
-@pytest.fixture
-def compose_cfg(tmp_path: Path):
-    """Compose the training config like the CLI would, with outputs under ``tmp_path``."""
+def compose_config(overrides: list[str], run_dir: Path, log_dir: Path):
+    """Compose the training config like the CLI would, with Hydra's run folder set to ``run_dir``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -105,18 +104,80 @@ def compose_cfg(tmp_path: Path):
 
     from garment_gen import conf_dir
 
-    def _compose(overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-            cfg.hydra.job.num = 0
-            cfg.paths.log_dir = str(tmp_path)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
-    yield _compose
     GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.log_dir = str(log_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path):
+    """Compose the training config like the CLI would, with outputs under ``tmp_path``."""
+    return lambda overrides: compose_config(overrides, tmp_path / "run", tmp_path)
+
+
+# Small, fast settings shared by the stage tests.
+TINY_SEGMENTER = [
+    "model.net.encoder_depth=3",
+    "model.net.decoder_channels=[32,16,8]",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+TINY_ENCODERS = [
+    "model.encoders.base_channels=8",
+    "model.encoders.max_channels=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory) -> Path:
+    """``generator.pt`` of a tiny StyleGAN2 after a few CPU steps on the bundled sample."""
+    from garment_gen.train import train
+
+    root = tmp_path_factory.mktemp("pretrain")
+    cfg = compose_config(
+        ["stage=pretrain", "model=stylegan2_tiny", "debug=fast", "model.realism=null", "trainer.enable_model_summary=false"],
+        root / "run", root,
+    )
+    train(cfg)
+    return root / "run" / "generator.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory) -> Path:
+    """``segmenter.pt`` of a small U-Net after a few CPU steps on the bundled sample."""
+    from garment_gen.train import train
+
+    root = tmp_path_factory.mktemp("segmenter")
+    cfg = compose_config(["stage=segmenter", *TINY_SEGMENTER, "trainer.max_steps=6", "trainer.limit_val_batches=1"], root / "run", root)
+    train(cfg)
+    return root / "run" / "segmenter.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_garment_model(tmp_path_factory, tiny_generator, tiny_segmenter) -> Path:
+    """``garment_model.pt``: tiny encoders fitted a few steps on the tiny generator, with the segmenter."""
+    from garment_gen.train import train
+
+    root = tmp_path_factory.mktemp("encoders")
+    cfg = compose_config(
+        ["stage=encoders", *TINY_ENCODERS, f"model.generator={tiny_generator}", f"loss.segmenter={tiny_segmenter}",
+         "loss.w_shape=0.1", "trainer.max_steps=4", "trainer.limit_val_batches=1"],
+        root / "run", root,
+    )
+    train(cfg)
+    return root / "run" / "garment_model.pt"

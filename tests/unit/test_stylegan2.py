@@ -81,7 +81,9 @@ def test_const_noise_is_deterministic_and_random_noise_is_not() -> None:
     ws = g.mapping(torch.randn(2, g.z_dim))
     a, b = g.synthesis(ws, noise_mode="const"), g.synthesis(ws, noise_mode="const")
     assert torch.equal(a, b)
-    assert not torch.allclose(g.synthesis(ws, noise_mode="random"), g.synthesis(ws, noise_mode="random"))
+    assert not torch.allclose(
+        g.synthesis(ws, noise_mode="random"), g.synthesis(ws, noise_mode="random")
+    )
     assert not torch.allclose(g.synthesis(ws, noise_mode="none"), a)
     with pytest.raises(ValueError, match="noise_mode"):
         g.synthesis(ws, noise_mode="bogus")
@@ -113,7 +115,9 @@ def test_gradients_reach_every_parameter() -> None:
     g, d = tiny_g(32).train(), tiny_d(32)
     fake_img = g(torch.randn(4, g.z_dim))
     F.softplus(-d(fake_img)).mean().backward()
-    missing = [n for n, p in g.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    missing = [
+        n for n, p in g.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     assert not missing, f"no gradient for G params: {missing}"
     assert all(p.grad.abs().sum() > 0 for n, p in g.named_parameters() if "noise_strength" not in n)
     d.zero_grad(set_to_none=True)
@@ -180,7 +184,9 @@ def test_export_load_round_trip(tmp_path) -> None:
     assert isinstance(g2, Generator) and not g2.training
     g.eval()
     z = torch.randn(2, g.z_dim)
-    assert torch.equal(g(z, noise_mode="const", truncation_psi=0.7), g2(z, noise_mode="const", truncation_psi=0.7))
+    assert torch.equal(
+        g(z, noise_mode="const", truncation_psi=0.7), g2(z, noise_mode="const", truncation_psi=0.7)
+    )
     assert torch.equal(g2.w_avg, g.w_avg)
 
 
@@ -220,7 +226,9 @@ def test_fir_matrices_match_reference_filters() -> None:
     x = torch.randn(2, 3, 9, 9)
     # plain blur with padding 1: n + 2 - 3 = n - 1 outputs
     ref = F.conv2d(F.pad(x, [1, 1, 1, 1]), f2.expand(3, 1, 4, 4), groups=3)
-    assert torch.allclose(_fir2d(x, _fir_matrix(9, 8, offset=1, stride=1, gain=1.0)), ref, atol=1e-6)
+    assert torch.allclose(
+        _fir2d(x, _fir_matrix(9, 8, offset=1, stride=1, gain=1.0)), ref, atol=1e-6
+    )
     # upsampling: zero insertion, pad (2, 1), filter with gain 4
     z = torch.zeros(2, 3, 18, 18)
     z[..., ::2, ::2] = x
@@ -228,7 +236,9 @@ def test_fir_matrices_match_reference_filters() -> None:
     assert torch.allclose(_fir2d(x, _upsample_matrix(9, gain=2.0)), ref_up, atol=1e-5)
     # a constant image stays constant away from the borders (filters are normalised)
     ones = torch.ones(1, 1, 8, 8)
-    assert torch.allclose(_fir2d(ones, _upsample_matrix(8, gain=2.0))[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
+    assert torch.allclose(
+        _fir2d(ones, _upsample_matrix(8, gain=2.0))[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12)
+    )
 
 
 @pytest.mark.parametrize("resolution", [48, 16, 2048, 0, "64", 64.0])
@@ -248,4 +258,19 @@ def test_config_rebuilds_the_same_architecture() -> None:
     g = tiny_g(64, conv_clamp=256)
     g2 = Generator(**g.get_config())
     assert g.config == g2.get_config()
-    assert {k: v.shape for k, v in g.state_dict().items()} == {k: v.shape for k, v in g2.state_dict().items()}
+    assert {k: v.shape for k, v in g.state_dict().items()} == {
+        k: v.shape for k, v in g2.state_dict().items()
+    }
+
+
+@pytest.mark.slow
+def test_networks_trace_without_graph_breaks() -> None:
+    """``torch.compile(fullgraph=True)`` fails on any graph break; the eager backend skips codegen."""
+    torch._dynamo.reset()
+    g, d = tiny_g(32).eval(), tiny_d(32)
+    ws = g.mapping(torch.randn(2, g.z_dim))
+    synthesis = torch.compile(g.synthesis, backend="eager", fullgraph=True)
+    img = synthesis(ws, noise_mode="const")
+    assert torch.allclose(img, g.synthesis(ws, noise_mode="const"), atol=1e-5)
+    logits = torch.compile(d, backend="eager", fullgraph=True)(img)
+    assert torch.allclose(logits, d(img), atol=1e-5)
