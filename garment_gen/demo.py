@@ -46,7 +46,7 @@ def run_stage(stage: str, overrides: list[str], log_dir: Path, seconds: float) -
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=[f"stage={stage}", f"paths.log_dir={log_dir}", f"+trainer.max_time={_hms(seconds)}", *overrides],
+            overrides=[f"stage={stage}", f"paths.log_dir={log_dir}", f"trainer.max_time={_hms(seconds)}", *overrides],
             return_hydra_config=True,
         )
     with open_dict(cfg):

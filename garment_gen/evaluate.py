@@ -81,9 +81,13 @@ TABLE = [
 # ----------------------------------------------------------------------------- building blocks
 
 
-def _background(background: tuple[int, int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+def _background(
+    background: tuple[int, int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``uint8`` RGB colour -> float ``[3, 1, 1]`` in ``[-1, 1]``."""
-    return torch.tensor(background, dtype=torch.float32, device=device).div(127.5).sub(1).view(3, 1, 1)
+    return (
+        torch.tensor(background, dtype=torch.float32, device=device).div(127.5).sub(1).view(3, 1, 1)
+    )
 
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -95,7 +99,9 @@ def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def foreground(img: torch.Tensor, background: tuple[int, int, int], tolerance: int = 16) -> torch.Tensor:
+def foreground(
+    img: torch.Tensor, background: tuple[int, int, int], tolerance: int = 16
+) -> torch.Tensor:
     """Pixels that differ from the background colour: images ``[B, 3, H, W]`` -> bool ``[B, H, W]``.
 
     ``tolerance`` is in 8-bit levels on the most different channel.
@@ -133,13 +139,19 @@ def paste_baseline(
         crop = texture_img[i : i + 1, :, tb[0] : tb[1], tb[2] : tb[3]]
         size = (mb[1] - mb[0], mb[3] - mb[2])
         if crop.shape[-2:] != size:
-            crop = F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=True)
+            crop = F.interpolate(
+                crop, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
         region = out[i, :, mb[0] : mb[1], mb[2] : mb[3]]
-        out[i, :, mb[0] : mb[1], mb[2] : mb[3]] = torch.where(target[mb[0] : mb[1], mb[2] : mb[3]], crop[0], region)
+        out[i, :, mb[0] : mb[1], mb[2] : mb[3]] = torch.where(
+            target[mb[0] : mb[1], mb[2] : mb[3]], crop[0], region
+        )
     return out.clamp(-1, 1)
 
 
-def classical_garment_mask(img: torch.Tensor, background: tuple[int, int, int], tolerance: int = 16) -> torch.Tensor:
+def classical_garment_mask(
+    img: torch.Tensor, background: tuple[int, int, int], tolerance: int = 16
+) -> torch.Tensor:
     """Garment mask of images on a plain background: ``[B, 3, H, W]`` -> float ``[B, 1, H, W]`` ``{0, 1}``.
 
     Pixels differing from the background colour, cleaned with :func:`garment_gen.data.masks.clean_mask`
@@ -184,7 +196,15 @@ def garment_crops(
         canvas = bg.expand(3, s, s).clone()
         y0, x0 = (s - h) // 2, (s - w) // 2
         canvas[:, y0 : y0 + h, x0 : x0 + w] = x
-        out.append(F.interpolate(canvas[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+        out.append(
+            F.interpolate(
+                canvas[None],
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        )
     return torch.cat(out)
 
 
@@ -193,7 +213,9 @@ def colour_histograms(img: torch.Tensor, mask: torch.Tensor, bins: int = 8) -> t
 
     An empty mask gives a uniform histogram.
     """
-    q = img.add(1).mul(127.5).round().clamp(0, 255).long() * bins // 256  # [B, 3, H, W] in [0, bins)
+    q = (
+        img.add(1).mul(127.5).round().clamp(0, 255).long() * bins // 256
+    )  # [B, 3, H, W] in [0, bins)
     idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # [B, H, W]
     hists = []
     for i in range(img.shape[0]):
@@ -286,18 +308,38 @@ def _realism_metric(backend: str, size: int, device: torch.device):
     return metric.to(device)
 
 
-def _save_grids(out: Path, recon: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] | None) -> list[str]:
+def _save_grids(
+    out: Path, recon: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] | None
+) -> list[str]:
     from garment_gen.utils.images import grid, save_png
 
     written = []
     k = recon["real"].shape[0]
-    rows = [recon["texture"], recon["mask"] * 2 - 1, recon["model"], recon["paste_baseline"], recon["real"]]
-    save_png(grid(torch.cat([r.expand(-1, 3, -1, -1).cpu() for r in rows]), nrow=k), out / "reconstructions.png")
+    rows = [
+        recon["texture"],
+        recon["mask"] * 2 - 1,
+        recon["model"],
+        recon["paste_baseline"],
+        recon["real"],
+    ]
+    save_png(
+        grid(torch.cat([r.expand(-1, 3, -1, -1).cpu() for r in rows]), nrow=k),
+        out / "reconstructions.png",
+    )
     written.append("reconstructions.png")
     if cross is not None and cross["mask"].shape[0]:
         k = cross["mask"].shape[0]
-        rows = [cross["mask"] * 2 - 1, cross["texture"], cross["model"], cross["paste_baseline"], cross["ref_image"]]
-        save_png(grid(torch.cat([r.expand(-1, 3, -1, -1).cpu() for r in rows]), nrow=k), out / "cross.png")
+        rows = [
+            cross["mask"] * 2 - 1,
+            cross["texture"],
+            cross["model"],
+            cross["paste_baseline"],
+            cross["ref_image"],
+        ]
+        save_png(
+            grid(torch.cat([r.expand(-1, 3, -1, -1).cpu() for r in rows]), nrow=k),
+            out / "cross.png",
+        )
         written.append("cross.png")
     return written
 
@@ -351,7 +393,8 @@ def evaluate(
             (the unoccluded garment: an upper bound, and a sanity check of the baseline).
         data_seed: seed of the dataset's deterministic textures (``GarmentDataset(seed=...)``).
         max_samples: use only the first N samples of the split.
-        speed_images: images (from the start of the split) timed for ``images_per_second``.
+        speed_images: images (from the start of the split) timed for ``images_per_second``
+            (0 = not timed).
         background_tolerance: 8-bit levels by which a pixel must differ from the background to
             count as garment (classical masks, paste baseline).
 
@@ -375,10 +418,16 @@ def evaluate(
     if isinstance(model, GarmentGenerator):
         gen, model_file = model, None
     else:
-        gen, model_file = GarmentGenerator.from_checkpoint(model, device=device), str(Path(model).resolve())
+        gen, model_file = (
+            GarmentGenerator.from_checkpoint(model, device=device),
+            str(Path(model).resolve()),
+        )
     dev = gen.device
     # Imported only now, so that a wrong model path fails fast (torchmetrics and lpips load slowly).
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     from garment_gen import sample_dir
     from garment_gen.data.dataset import GarmentDataset
@@ -404,7 +453,9 @@ def evaluate(
     }
     scores = {name: _Scores() for name in METHODS}
 
-    def shape_scores(s: _Scores, prefix: str, img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def shape_scores(
+        s: _Scores, prefix: str, img: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         cls_mask = classical_garment_mask(img, background, tol)
         s.add(f"{prefix}iou_classical", iou(cls_mask, target))
         if gen.segmenter is not None:
@@ -413,7 +464,15 @@ def evaluate(
 
     loader_kw = {"batch_size": int(batch_size), "shuffle": False, "num_workers": int(num_workers)}
     texture_key = "image" if textures == "full" else "texture"
-    log.info("evaluating %s on %s split=%s (%d images, %s textures) on %s", model_file or "model", root, split, n, textures, dev)
+    log.info(
+        "evaluating %s on %s split=%s (%d images, %s textures) on %s",
+        model_file or "model",
+        root,
+        split,
+        n,
+        textures,
+        dev,
+    )
 
     # --- speed: generate_tensors alone, on inputs already on the device, after a warm-up call
     speed_batches, count = [], 0
@@ -422,20 +481,28 @@ def evaluate(
             break
         speed_batches.append((batch["mask"].to(dev), batch[texture_key].to(dev)))
         count += batch["mask"].shape[0]
-    gen.generate_tensors(*speed_batches[0])  # first call pays for allocations and kernel selection
-    _sync(dev)
-    t0 = time.perf_counter()
-    for mask, texture in speed_batches:
-        gen.generate_tensors(mask, texture)
-    _sync(dev)
-    images_per_second = count / (time.perf_counter() - t0)
+    images_per_second = None
+    if speed_batches:
+        gen.generate_tensors(
+            *speed_batches[0]
+        )  # the first call pays for allocations, kernel choice
+        _sync(dev)
+        t0 = time.perf_counter()
+        for mask, texture in speed_batches:
+            gen.generate_tensors(mask, texture)
+        _sync(dev)
+        images_per_second = count / (time.perf_counter() - t0)
     del speed_batches
 
     # --- reconstruction, shape fidelity, realism of the model
     recon_grid: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for batch in DataLoader(dataset, **loader_kw):
-            real, mask, texture = batch["image"].to(dev), batch["mask"].to(dev), batch[texture_key].to(dev)
+            real, mask, texture = (
+                batch["image"].to(dev),
+                batch["mask"].to(dev),
+                batch[texture_key].to(dev),
+            )
             outputs = {"model": gen.generate_tensors(mask, texture)}
             outputs["paste_baseline"] = methods["paste_baseline"](mask, texture)
             if metric is not None:
@@ -445,9 +512,14 @@ def evaluate(
                 s = scores[name]
                 x01, y01 = (img + 1) / 2, (real + 1) / 2
                 s.add("l2", (img - real).square().flatten(1).mean(1))
-                psnr = peak_signal_noise_ratio(x01, y01, data_range=1.0, reduction="none", dim=(1, 2, 3))
+                psnr = peak_signal_noise_ratio(
+                    x01, y01, data_range=1.0, reduction="none", dim=(1, 2, 3)
+                )
                 s.add("psnr", psnr.clamp(max=PSNR_CAP))
-                s.add("ssim", structural_similarity_index_measure(x01, y01, data_range=1.0, reduction="none"))
+                s.add(
+                    "ssim",
+                    structural_similarity_index_measure(x01, y01, data_range=1.0, reduction="none"),
+                )
                 s.add("lpips", lpips(img, real))
                 shape_scores(s, "", img, mask)
             have = recon_grid.get("real", [torch.empty(0)])
@@ -471,7 +543,9 @@ def evaluate(
         log.warning("split=%s has %d image(s): no cross-combination pairs", split, n)
     cross_grid: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
-        for batch in DataLoader(_PairDataset(dataset, pairs, textures), **loader_kw) if pairs else []:
+        for batch in (
+            DataLoader(_PairDataset(dataset, pairs, textures), **loader_kw) if pairs else []
+        ):
             mask, texture = batch["mask"].to(dev), batch["texture"].to(dev)
             ref_image, ref_mask = batch["ref_image"].to(dev), batch["ref_mask"].to(dev)
             ref_crops = garment_crops(ref_image, ref_mask, background, crop_size)
@@ -483,16 +557,28 @@ def evaluate(
                 # The output's own garment region; the target shape where nothing was found.
                 empty = cls_mask.flatten(1).mean(1) < 0.01
                 region = torch.where(empty.view(-1, 1, 1, 1), mask, cls_mask)
-                s.add("cross_lpips_crop", lpips(garment_crops(img, region, background, crop_size), ref_crops))
+                s.add(
+                    "cross_lpips_crop",
+                    lpips(garment_crops(img, region, background, crop_size), ref_crops),
+                )
                 s.add("cross_hist_hellinger", hellinger(colour_histograms(img, region), ref_hist))
             if sum(t.shape[0] for t in cross_grid.get("mask", [])) < grid_size:
-                for key, t in {"mask": mask, "texture": texture, "ref_image": ref_image, **outputs}.items():
+                for key, t in {
+                    "mask": mask,
+                    "texture": texture,
+                    "ref_image": ref_image,
+                    **outputs,
+                }.items():
                     cross_grid.setdefault(key, []).append(t.cpu())
 
     results: dict[str, Any] = {}
     for name in METHODS:
         means = scores[name].means()
-        row = {key: means.get(key) for key, _, _ in TABLE if key not in ("realism", "images_per_second")}
+        row = {
+            key: means.get(key)
+            for key, _, _ in TABLE
+            if key not in ("realism", "images_per_second")
+        }
         row["realism"] = realism_values[name]
         results[name] = row
     results["model"]["images_per_second"] = images_per_second
@@ -538,7 +624,9 @@ def format_table(report: dict[str, Any]) -> str:
         cells = []
         for name in METHODS:
             v = report[name].get(key)
-            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
+            cells.append(
+                "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+            )
         rows.append((f"{label} {arrow}", *cells))
     w0 = max(len(r[0]) for r in rows)
     lines = [head, f"{'metric':<{w0}}  {'model':>10}  {'paste baseline':>14}", "-" * (w0 + 28)]
@@ -583,7 +671,9 @@ def main() -> None:
         data = d.pop("data", None) or {}
         unknown = sorted(set(data) - {"root", "seed"})
         if unknown:
-            raise GarmentGenError(f"unknown data setting(s): {', '.join(unknown)}; valid: data.root, data.seed")
+            raise GarmentGenError(
+                f"unknown data setting(s): {', '.join(unknown)}; valid: data.root, data.seed"
+            )
         report = evaluate(d.pop("model"), root=data.get("root"), data_seed=data.get("seed", 0), **d)
         print(format_table(report))
         print(f"wrote {Path(report['out']) / 'metrics.json'}")

@@ -30,6 +30,7 @@ about ten times slower here, opset >= 18).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -87,7 +88,9 @@ def random_inputs(batch: int, resolution: int, seed: int = 0) -> tuple[torch.Ten
     field = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True)
     mask = (field > 0.5).float()
     mask[:, :, r // 2 - r // 8 : r // 2 + r // 8, r // 2 - r // 8 : r // 2 + r // 8] = 1.0
-    colour = F.interpolate(torch.rand(batch, 3, 4, 4, generator=g) * 2 - 1, size=(r, r), mode="bilinear")
+    colour = F.interpolate(
+        torch.rand(batch, 3, 4, 4, generator=g) * 2 - 1, size=(r, r), mode="bilinear"
+    )
     texture = (colour + 0.2 * torch.randn(batch, 3, r, r, generator=g)).clamp(-1, 1)
     texture = torch.where(mask > 0, texture, torch.ones_like(texture))
     return mask, texture
@@ -103,7 +106,9 @@ def _load_model(model: str | Path | Any) -> tuple[Any, str]:
 
 def _require(package: str, why: str) -> None:
     if importlib.util.find_spec(package) is None:
-        raise GarmentGenError(f"{why} needs the '{package}' package: pip install {package} (or pip install 'garment_gen[export]')")
+        raise GarmentGenError(
+            f"{why} needs the '{package}' package: pip install {package} (or pip install 'garment_gen[export]')"
+        )
 
 
 def _default_out(model_path: str, fmt: str) -> Path:
@@ -111,24 +116,37 @@ def _default_out(model_path: str, fmt: str) -> Path:
     return p.with_name(p.stem + _SUFFIX[fmt])
 
 
-def _write_torchscript(net: InferenceModel, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
+def _write_torchscript(
+    net: InferenceModel, example: tuple[torch.Tensor, torch.Tensor], path: Path
+) -> None:
     with warnings.catch_warnings():
         # Shape checks in the networks are Python conditions; traced as constants they are harmless.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated")
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated"
+        )
         traced = torch.jit.trace(net, example, check_trace=False)
         torch.jit.save(traced, str(path))
 
 
 def _write_onnx(
-    net: InferenceModel, example: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int, dynamo: bool
+    net: InferenceModel,
+    example: tuple[torch.Tensor, torch.Tensor],
+    path: Path,
+    opset: int,
+    dynamo: bool,
 ) -> None:
     _require("onnx", "format=onnx")
     if dynamo:
         _require("onnxscript", "dynamo=true")
         batch = torch.export.Dim("batch")
-        kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": {"mask": {0: batch}, "texture": {0: batch}}}
-        kwargs["verbose"] = False
+        kwargs: dict[str, Any] = {
+            "dynamo": True,
+            "dynamic_shapes": {"mask": {0: batch}, "texture": {0: batch}},
+            # One self-contained file: external data would be named after the temporary file.
+            "external_data": False,
+            "verbose": False,
+        }
     else:
         axes = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
         kwargs = {"dynamo": False, "dynamic_axes": axes}
@@ -136,7 +154,12 @@ def _write_onnx(
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # The TorchScript-based exporter is deprecated upstream (and says so twice); chosen on purpose.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX export")
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX export"
+        )
+        warnings.filterwarnings(
+            "ignore", category=UserWarning, message=r".*axis name: batch will not be used"
+        )
         try:
             torch.onnx.export(
                 net,
@@ -148,7 +171,9 @@ def _write_onnx(
                 **kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - surface why, with the exporter named
-            exporter = "torch.export-based (dynamo=true)" if dynamo else "TorchScript-based (dynamo=false)"
+            exporter = (
+                "torch.export-based (dynamo=true)" if dynamo else "TorchScript-based (dynamo=false)"
+            )
             raise GarmentGenError(
                 f"ONNX export failed with the {exporter} exporter at opset {opset}: "
                 f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -162,7 +187,9 @@ def _runner(fmt: str, path: Path):
     """A callable ``(mask, texture) -> image`` (torch tensors) running the exported file."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated")
+            warnings.filterwarnings(
+                "ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated"
+            )
             loaded = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run(mask: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
@@ -200,7 +227,9 @@ def check_export(
                 f"exported {fmt} model failed on batch size {b}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
             ) from exc
         if tuple(got.shape) != tuple(ref.shape):
-            raise GarmentGenError(f"exported {fmt} model returned {list(got.shape)}, expected {list(ref.shape)}")
+            raise GarmentGenError(
+                f"exported {fmt} model returned {list(got.shape)}, expected {list(ref.shape)}"
+            )
         worst = max(worst, float((got.float() - ref).abs().max()))
     return worst
 
@@ -257,14 +286,21 @@ def export(
         out = _default_out(model_name, fmt)
     out = Path(out).expanduser()
     if not model_name.startswith("<") and out.resolve() == Path(model_name).resolve():
-        raise GarmentGenError(f"out={out}: would overwrite the model file itself; choose another path")
+        raise GarmentGenError(
+            f"out={out}: would overwrite the model file itself; choose another path"
+        )
     if out.is_dir():
         raise GarmentGenError(f"out={out}: is a folder; give a file path")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    net = InferenceModel(gen.encoders.cpu(), gen.generator.synthesis.cpu())
+    encoders, synthesis = gen.encoders, gen.generator.synthesis
+    if gen.device.type != "cpu":  # export on the CPU without moving the caller's model
+        encoders, synthesis = copy.deepcopy(encoders).cpu(), copy.deepcopy(synthesis).cpu()
+    net = InferenceModel(encoders, synthesis)
     example = random_inputs(int(batch), gen.resolution, seed)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp" + out.suffix, dir=out.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{out.name}.", suffix=".tmp" + out.suffix, dir=out.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -276,7 +312,12 @@ def export(
         batches = [int(batch), int(batch) + 2]
         if check:
             max_diff = check_export(net, fmt, tmp, batches, gen.resolution, seed + 1)
-            log.info("%s vs PyTorch on random inputs (batch %s): max abs diff %.3g", fmt, batches, max_diff)
+            log.info(
+                "%s vs PyTorch on random inputs (batch %s): max abs diff %.3g",
+                fmt,
+                batches,
+                max_diff,
+            )
             if not max_diff <= tolerance:
                 raise GarmentGenError(
                     f"exported {fmt} model differs from PyTorch by up to {max_diff:.3g} "
@@ -323,10 +364,18 @@ def main() -> None:
         known = {"model", "format", "out", "batch", "check", "opset", "dynamo", "tolerance", "seed"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise GarmentGenError(f"unknown export setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise GarmentGenError(
+                f"unknown export setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
         res = export(d.pop("model"), **d)
-        diff = "not checked" if res["max_abs_diff"] is None else f"max abs diff vs PyTorch {res['max_abs_diff']:.3g}"
-        print(f"wrote {res['path']} ({res['format']}, {res['resolution']} px, {diff}, {res['seconds']:.1f} s)")
+        diff = (
+            "not checked"
+            if res["max_abs_diff"] is None
+            else f"max abs diff vs PyTorch {res['max_abs_diff']:.3g}"
+        )
+        print(
+            f"wrote {res['path']} ({res['format']}, {res['resolution']} px, {diff}, {res['seconds']:.1f} s)"
+        )
 
     hydra_file_main(conf_dir() / "export.yaml", _app)
 

@@ -121,6 +121,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best"):
         raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint file not found")
     metrics: dict[str, float] = {}
+    if cfg.get("validate_first", False):
+        # A baseline of the monitored metrics before any training (e.g. FD at kimg 0).
+        first = trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics.update({f"initial/{k}": v for k, v in _float_metrics(first[0] if first else {}).items()})
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_float_metrics(trainer.callback_metrics))

@@ -29,10 +29,19 @@ from garment_gen.evaluate import (
 )
 
 # Small but complete: every stage the garment model bundles, a handful of steps each.
-_COMMON = ["debug=fast", "data.batch_size=4", "trainer.enable_model_summary=false", "trainer.max_steps=2"]
+_COMMON = [
+    "debug=fast",
+    "data.batch_size=4",
+    "trainer.enable_model_summary=false",
+    "trainer.max_steps=2",
+]
 _STAGES = {
     "pretrain": ["stage=pretrain", "model=stylegan2_tiny", "model.realism=null"],
-    "segmenter": ["stage=segmenter", "model.net.encoder_depth=3", "model.net.decoder_channels=[16,8,8]"],
+    "segmenter": [
+        "stage=segmenter",
+        "model.net.encoder_depth=3",
+        "model.net.decoder_channels=[16,8,8]",
+    ],
     "encoders": [
         "stage=encoders",
         "model.generator=latest",
@@ -45,7 +54,9 @@ _STAGES = {
     ],
 }
 # Cheap evaluation settings shared by the tests that compare runs.
-FAST_EVAL = dict(max_samples=4, num_pairs=4, batch_size=4, realism="fd_vgg", realism_size=32, speed_images=4)
+FAST_EVAL = dict(
+    max_samples=4, num_pairs=4, batch_size=4, realism="fd_vgg", realism_size=32, speed_images=4
+)
 
 
 def build_tiny_garment_model(log_dir: Path) -> dict[str, Path]:
@@ -96,7 +107,11 @@ def tiny_model(tmp_path_factory) -> dict[str, Path]:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "garment_gen.evaluate", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "garment_gen.evaluate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -127,7 +142,12 @@ def cli_report(tiny_model, tmp_path_factory) -> tuple[dict, str, Path]:
     out = tmp_path_factory.mktemp("eval_cli")
     args = [f"{k}={v}" for k, v in FAST_EVAL.items()]
     code, stdout, stderr = run_main_in_process(
-        main, "garment_gen.evaluate", f"model={tiny_model['garment_model']}", "split=test", f"out={out}", *args
+        main,
+        "garment_gen.evaluate",
+        f"model={tiny_model['garment_model']}",
+        "split=test",
+        f"out={out}",
+        *args,
     )
     assert code == 0, stderr[-3000:]
     return json.loads((out / "metrics.json").read_text()), stdout, out
@@ -138,13 +158,17 @@ def test_metrics_json_layout_and_ranges(cli_report, tiny_model):
     assert set(METHODS) <= set(report)
     assert report["realism_backend"] == "fd_vgg"
     assert report["split"] == "test" and report["n"] == 4 and report["num_pairs"] == 4
-    assert report["device"] == "cpu" and report["model_file"] == str(tiny_model["garment_model"].resolve())
+    assert report["device"] == "cpu" and report["model_file"] == str(
+        tiny_model["garment_model"].resolve()
+    )
     assert Path(report["dataset"]).is_dir()
     model, base = report["model"], report["paste_baseline"]
     assert set(model) == set(base) == {key for key, _, _ in TABLE}
     for row in (model, base):
         for key in ("iou_segmenter", "iou_classical", "cross_iou_segmenter", "cross_iou_classical"):
-            assert 0.0 <= row[key] <= 1.0, key  # the tiny model bundles a segmenter: never None here
+            assert 0.0 <= row[key] <= 1.0, (
+                key
+            )  # the tiny model bundles a segmenter: never None here
         assert math.isfinite(row["psnr"]) and 0 < row["psnr"] <= 100
         assert 0.0 <= row["l2"] <= 4.0 and -1.0 <= row["ssim"] <= 1.0 and row["lpips"] >= 0.0
         assert 0.0 <= row["cross_hist_hellinger"] <= 1.0 and row["cross_lpips_crop"] >= 0.0
@@ -164,7 +188,9 @@ def test_same_seed_gives_same_metrics(cli_report, tiny_model, tmp_path):
             if key == "images_per_second":
                 continue  # a timing, not a metric of the images
             assert again[method][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (method, key)
-    assert json.loads((tmp_path / "metrics.json").read_text())["model"]["l2"] == again["model"]["l2"]
+    assert (
+        json.loads((tmp_path / "metrics.json").read_text())["model"]["l2"] == again["model"]["l2"]
+    )
 
 
 def test_full_textures_make_the_paste_baseline_exact(tiny_model):
@@ -172,7 +198,15 @@ def test_full_textures_make_the_paste_baseline_exact(tiny_model):
     from garment_gen.inference import GarmentGenerator
 
     gen = GarmentGenerator.from_checkpoint(tiny_model["garment_model"])
-    report = evaluate(gen, split="test", textures="full", max_samples=4, num_pairs=2, realism="none", speed_images=4)
+    report = evaluate(
+        gen,
+        split="test",
+        textures="full",
+        max_samples=4,
+        num_pairs=2,
+        realism="none",
+        speed_images=4,
+    )
     base = report["paste_baseline"]
     assert base["l2"] < 1e-4 and base["psnr"] > 40 and base["ssim"] > 0.99 and base["lpips"] < 0.01
     assert base["iou_classical"] > 0.95
@@ -184,7 +218,9 @@ def test_full_textures_make_the_paste_baseline_exact(tiny_model):
 def test_paste_baseline_fits_texture_into_target_box():
     bg = torch.ones(1, 3, 32, 32)
     texture = bg.clone()
-    texture[:, :, 4:12, 4:12] = torch.tensor([-1.0, 0.0, 0.5]).view(1, 3, 1, 1)  # an 8x8 red-ish square
+    texture[:, :, 4:12, 4:12] = torch.tensor([-1.0, 0.0, 0.5]).view(
+        1, 3, 1, 1
+    )  # an 8x8 red-ish square
     mask = torch.zeros(1, 1, 32, 32)
     mask[:, :, 10:26, 8:24] = 1  # a 16x16 target
     out = paste_baseline(mask, texture)
@@ -214,7 +250,9 @@ def test_metric_helpers():
 def test_cli_missing_model_one_line(tmp_path):
     res = run_cli(f"model={tmp_path / 'nope.pt'}", cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.pt'}: model file not found"]
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope.pt'}: model file not found"
+    ]
 
 
 def test_cli_generator_instead_of_garment_model_one_line(tiny_model, tmp_path):

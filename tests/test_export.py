@@ -56,6 +56,7 @@ def test_random_inputs_are_binary_blobs_and_textures():
     assert torch.equal(random_inputs(3, 64, seed=1)[0], mask)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 def test_torchscript_matches_pytorch(tiny_model, gen, tmp_path):
     out = tmp_path / "model.torchscript.pt"
     res = export(tiny_model["garment_model"], "torchscript", out=out, batch=2)
@@ -74,7 +75,9 @@ def test_onnx_matches_pytorch_with_dynamic_batch(tiny_model, gen, tmp_path):
     _require_onnx()
     import onnxruntime as ort
 
-    res = export(tiny_model["garment_model"], "onnx", out=tmp_path / "model.onnx", batch=1, opset=17)
+    res = export(
+        tiny_model["garment_model"], "onnx", out=tmp_path / "model.onnx", batch=1, opset=17
+    )
     assert res["max_abs_diff"] is not None and res["max_abs_diff"] < 1e-3
     assert res["opset"] == 17 and Path(res["path"]).is_file()
     session = ort.InferenceSession(res["path"], providers=["CPUExecutionProvider"])
@@ -115,13 +118,23 @@ def test_cli_exports_and_fails_in_one_line(tiny_model, tmp_path):
     from garment_gen.export import main
 
     code, stdout, stderr = run_main_in_process(
-        main, "garment_gen.export", f"model={tiny_model['garment_model']}", "format=torchscript", f"out={tmp_path / 'm.ts'}"
+        main,
+        "garment_gen.export",
+        f"model={tiny_model['garment_model']}",
+        "format=torchscript",
+        f"out={tmp_path / 'm.ts'}",
     )
     assert code == 0, stderr[-2000:]
     assert (tmp_path / "m.ts").is_file() and "max abs diff vs PyTorch" in stdout
 
     # A real process, to see exactly what a user sees.
-    cmd = [sys.executable, "-m", "garment_gen.export", f"model={tiny_model['generator']}", "format=torchscript"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "garment_gen.export",
+        f"model={tiny_model['generator']}",
+        "format=torchscript",
+    ]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
