@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,26 @@ def _instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
+def check_wandb(cfg: DictConfig) -> None:
+    """Fail early, with the two ways out, when wandb would need an account that is not set up."""
+    section = cfg.get("logger") or {}
+    uses_wandb = any(
+        isinstance(v, DictConfig) and str(v.get("_target_", "")).endswith("WandbLogger") and not v.get("offline", False)
+        for v in section.values()
+    )
+    if not uses_wandb or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    raise ConfigError(
+        "logger=wandb needs a W&B account: run `wandb login` (or set WANDB_API_KEY), "
+        "or log locally with WANDB_MODE=offline (sync later with `wandb sync`)"
+    )
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, LightningModule and Trainer from a composed config.
 
@@ -88,6 +109,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     passed in code rather than copied between configs.
     """
     _resolve_artefacts(cfg)
+    check_wandb(cfg)
     datamodule = _instantiate(cfg.data, _recursive_=False)
     module = _instantiate(
         cfg.model, resolution=datamodule.resolution, loss=cfg.get("loss"), _recursive_=False
@@ -116,7 +138,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module, trainer = build(cfg)
     if trainer.is_global_zero:
-        write_run_info(cfg, output_dir)
+        info = write_run_info(cfg, output_dir)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for lg in trainer.loggers:
+            lg.log_hyperparams({"config": resolved, "run_info": {k: info[k] for k in ("git_commit", "versions")}})
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best"):
         raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint file not found")
@@ -141,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
         metrics.update(_float_metrics(trainer.callback_metrics))
-    monitor = cfg.get("monitor")
+    monitor = cfg.get("optimized_metric") or cfg.get("monitor")
     if monitor and monitor in metrics:
         metrics["objective"] = metrics[monitor]
     if trainer.is_global_zero:
@@ -174,7 +199,7 @@ def main() -> None:
     argv = sys.argv[1:]
     if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info") for a in argv):
         check_group_choice(argv, conf, "stage", required=True)
-    for group in ("trainer", "logger", "data", "debug", "experiment"):
+    for group in ("trainer", "logger", "data", "debug", "experiment", "cluster", "hparams_search"):
         check_group_choice(argv, conf, group, required=False)
 
     @hydra.main(version_base="1.3", config_path=str(conf), config_name="config")

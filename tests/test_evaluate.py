@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -116,9 +117,15 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def run_main_in_process(main, prog: str, *args: str) -> tuple[int, str, str]:
-    """Run a Hydra entry point in this process (no second torch import): ``(exit code, stdout, stderr)``."""
+    """Run a Hydra entry point in this process (no second torch import): ``(exit code, stdout, stderr)``.
+
+    Hydra configures logging for the job; the root logger is restored afterwards so that
+    later tests do not log into this run's captured stdout.
+    """
     from hydra.core.global_hydra import GlobalHydra
 
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
     argv, out, err = sys.argv, io.StringIO(), io.StringIO()
     sys.argv = [prog, *args]
     code = 0
@@ -131,6 +138,8 @@ def run_main_in_process(main, prog: str, *args: str) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     return code, out.getvalue(), err.getvalue()
 
 
