@@ -21,9 +21,16 @@ import torch
 from garment_gen.data.datamodule import GarmentDataModule
 
 
-def measure(root: str | None, resolution: int | None, workers: int, batch: int, batches: int) -> dict:
-    dm = GarmentDataModule(root=root, resolution=resolution, batch_size=batch, num_workers=workers,
-                           persistent_workers=workers > 0)
+def measure(
+    root: str | None, resolution: int | None, workers: int, batch: int, batches: int
+) -> dict:
+    dm = GarmentDataModule(
+        root=root,
+        resolution=resolution,
+        batch_size=batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     it = iter(loader)
@@ -41,12 +48,20 @@ def measure(root: str | None, resolution: int | None, workers: int, batch: int, 
             if n >= batches * batch:
                 break
     steady = n / (time.perf_counter() - t0)
-    return {"resolution": dm.resolution, "workers": workers, "batch": batch, "first_epoch_triples_per_s": round(first, 1),
-            "triples_per_s": round(steady, 1), "dataset_size": len(dm.datasets["train"])}
+    return {
+        "resolution": dm.resolution,
+        "workers": workers,
+        "batch": batch,
+        "first_epoch_triples_per_s": round(first, 1),
+        "triples_per_s": round(steady, 1),
+        "dataset_size": len(dm.datasets["train"]),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--root", default=None)
     ap.add_argument("--resolution", type=int, nargs="+", default=[64])
     ap.add_argument("--workers", type=int, default=2)
@@ -56,9 +71,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = [measure(args.root, r, args.workers, args.batch, args.batches) for r in args.resolution]
-    print(f"{'res':>5} {'workers':>7} {'batch':>5} {'first epoch/s':>14} {'triples/s':>10}  (cpu cores: {os.cpu_count()})")
+    print(
+        f"{'res':>5} {'workers':>7} {'batch':>5} {'first epoch/s':>14} {'triples/s':>10}  (cpu cores: {os.cpu_count()})"
+    )
     for r in rows:
-        print(f"{r['resolution']:>5} {r['workers']:>7} {r['batch']:>5} {r['first_epoch_triples_per_s']:>14} {r['triples_per_s']:>10}")
+        print(
+            f"{r['resolution']:>5} {r['workers']:>7} {r['batch']:>5} {r['first_epoch_triples_per_s']:>14} {r['triples_per_s']:>10}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

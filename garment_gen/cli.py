@@ -40,7 +40,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(2) from None
         except MissingMandatoryValue as exc:
             key = getattr(exc, "full_key", None) or str(exc)
-            print(f"error: missing required value '{key}': set it on the command line, e.g. {key}=...", file=sys.stderr)
+            print(
+                f"error: missing required value '{key}': set it on the command line, e.g. {key}=...",
+                file=sys.stderr,
+            )
             raise SystemExit(2) from None
         except Exception as exc:
             cause = _user_cause(exc)
@@ -64,7 +67,9 @@ def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) 
     missing (and required) or unknown. Comma lists (multirun) are checked item by item.
     """
     options = group_options(conf, group)
-    values = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == group and "=" in a]
+    values = [
+        a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == group and "=" in a
+    ]
     example = f"python -m garment_gen.train {group}=<{'|'.join(options)}>"
     if not values:
         if required:
@@ -77,5 +82,14 @@ def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) 
             if item.startswith(("choice(", "range(", "glob(")):
                 continue
             if item not in options:
-                print(f"error: unknown {group} '{item}'; valid: {', '.join(options)}", file=sys.stderr)
+                print(
+                    f"error: unknown {group} '{item}'; valid: {', '.join(options)}", file=sys.stderr
+                )
                 raise SystemExit(2)
+
+
+def hydra_main(config_dir: Path, config_name: str, app: Callable[[Any], Any]) -> None:
+    """Run ``app(cfg)`` as a Hydra app with ``config_dir/config_name.yaml`` as primary config."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(app)()

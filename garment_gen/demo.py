@@ -46,7 +46,12 @@ def run_stage(stage: str, overrides: list[str], log_dir: Path, seconds: float) -
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(
             "config",
-            overrides=[f"stage={stage}", f"paths.log_dir={log_dir}", f"trainer.max_time={_hms(seconds)}", *overrides],
+            overrides=[
+                f"stage={stage}",
+                f"paths.log_dir={log_dir}",
+                f"trainer.max_time={_hms(seconds)}",
+                *overrides,
+            ],
             return_hydra_config=True,
         )
     with open_dict(cfg):
@@ -58,19 +63,31 @@ def run_stage(stage: str, overrides: list[str], log_dir: Path, seconds: float) -
     t0 = time.time()
     log.info("== stage %s (time box %.0f s)", stage, seconds)
     metrics = train(cfg)
-    log.info("== stage %s done in %.0f s: %s", stage, time.time() - t0,
-             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val/")))
+    log.info(
+        "== stage %s done in %.0f s: %s",
+        stage,
+        time.time() - t0,
+        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val/")),
+    )
     GlobalHydra.instance().clear()
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="outputs/demo", help="where every run folder and the final grid go")
-    ap.add_argument("--minutes", type=float, default=8.0, help="total training time box (split over the stages)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--out", default="outputs/demo", help="where every run folder and the final grid go"
+    )
+    ap.add_argument(
+        "--minutes", type=float, default=8.0, help="total training time box (split over the stages)"
+    )
     ap.add_argument("--workers", type=int, default=2, help="data loader workers")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S"
+    )
     t0 = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -79,26 +96,54 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. data: the bundled sample is already prepared by garment_gen.prepare.
     root = sample_dir()
     meta = read_dataset_meta(root)
-    log.info("bundled sample: %s (%d px, %s)", root, meta["resolution"],
-             ", ".join(f"{k}={v}" for k, v in meta["stats"]["by_split"].items()))
+    log.info(
+        "bundled sample: %s (%d px, %s)",
+        root,
+        meta["resolution"],
+        ", ".join(f"{k}={v}" for k, v in meta["stats"]["by_split"].items()),
+    )
 
-    common = [f"data.num_workers={args.workers}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    common = [
+        f"data.num_workers={args.workers}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
     # 2. pretrain
     pre = run_stage(
         "pretrain",
-        common + ["data.batch_size=16", "model.sample_every_n_batches=100", "trainer.val_check_interval=null",
-                  "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=0"],
-        out, budget * 0.5,
+        common
+        + [
+            "data.batch_size=16",
+            "model.sample_every_n_batches=100",
+            "trainer.val_check_interval=null",
+            "trainer.check_val_every_n_epoch=null",
+            "trainer.limit_val_batches=0",
+        ],
+        out,
+        budget * 0.5,
     )
     # 3. segmenter
-    seg = run_stage("segmenter", common + ["data.batch_size=16", "trainer.limit_val_batches=2"], out, budget * 0.15)
+    seg = run_stage(
+        "segmenter",
+        common + ["data.batch_size=16", "trainer.limit_val_batches=2"],
+        out,
+        budget * 0.15,
+    )
     # 4. encoders on the frozen generator, with the shape loss
     enc = run_stage(
         "encoders",
-        common + [f"model.generator={pre / 'generator.pt'}", f"loss.segmenter={seg / 'segmenter.pt'}",
-                  "loss.w_shape=0.1", "data.batch_size=16", "trainer.limit_val_batches=2",
-                  "trainer.val_check_interval=50", "trainer.check_val_every_n_epoch=null"],
-        out, budget * 0.35,
+        common
+        + [
+            f"model.generator={pre / 'generator.pt'}",
+            f"loss.segmenter={seg / 'segmenter.pt'}",
+            "loss.w_shape=0.1",
+            "data.batch_size=16",
+            "trainer.limit_val_batches=2",
+            "trainer.val_check_interval=50",
+            "trainer.check_val_every_n_epoch=null",
+        ],
+        out,
+        budget * 0.35,
     )
     model = enc / "garment_model.pt"
 
@@ -113,11 +158,21 @@ def main(argv: list[str] | None = None) -> dict:
     gen = GarmentGenerator.from_checkpoint(model)
     masks, texs, imgs = generate_combinations(gen, shapes, textures, progress=False)
     grid_path = save_png(
-        labelled_grid(masks, texs, imgs, [r["label"] for r in rows[0:32:8]], [r["label"] for r in rows[3:32:6]]),
+        labelled_grid(
+            masks,
+            texs,
+            imgs,
+            [r["label"] for r in rows[0:32:8]],
+            [r["label"] for r in rows[3:32:6]],
+        ),
         out / "grid.png",
     )
-    summary = {"model": str(model), "grid": str(grid_path), "generator": str(pre / "generator.pt"),
-               "segmenter": str(seg / "segmenter.pt")}
+    summary = {
+        "model": str(model),
+        "grid": str(grid_path),
+        "generator": str(pre / "generator.pt"),
+        "segmenter": str(seg / "segmenter.pt"),
+    }
     try:
         from garment_gen.evaluate import evaluate
     except ImportError:
@@ -125,16 +180,29 @@ def main(argv: list[str] | None = None) -> dict:
     if evaluate is not None:
         res = evaluate(str(model), root=str(root), split="test", out=str(out / "eval_test"))
         summary["metrics"] = str(out / "eval_test" / "metrics.json")
-        summary["metrics_summary"] = {k: res["model"].get(k) for k in ("lpips", "shape_iou_classical", "psnr") if k in res.get("model", {})}
+        summary["metrics_summary"] = {
+            k: res["model"].get(k)
+            for k in ("lpips", "shape_iou_classical", "psnr")
+            if k in res.get("model", {})
+        }
     summary["minutes"] = round((time.time() - t0) / 60, 1)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\n".join(
-        ["", f"demo finished in {summary['minutes']} min", f"  garment model : {model}",
-         f"  shape x texture grid : {grid_path}", f"  generator (stage pretrain) : {summary['generator']}",
-         f"  segmenter : {summary['segmenter']}"]
-        + ([f"  test metrics : {summary['metrics']}"] if "metrics" in summary else [])
-        + ["  Note: a few minutes on a CPU give rough garments; see README 'Training properly' for GPU training."]
-    ))
+    print(
+        "\n".join(
+            [
+                "",
+                f"demo finished in {summary['minutes']} min",
+                f"  garment model : {model}",
+                f"  shape x texture grid : {grid_path}",
+                f"  generator (stage pretrain) : {summary['generator']}",
+                f"  segmenter : {summary['segmenter']}",
+            ]
+            + ([f"  test metrics : {summary['metrics']}"] if "metrics" in summary else [])
+            + [
+                "  Note: a few minutes on a CPU give rough garments; see README 'Training properly' for GPU training."
+            ]
+        )
+    )
     return summary
 
 

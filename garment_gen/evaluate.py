@@ -637,28 +637,12 @@ def format_table(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def hydra_file_main(config_file: Path, app: Callable[[Any], Any]) -> None:
-    """Run ``app(cfg)`` as a Hydra app whose primary config is ``config_file``.
-
-    The file is registered in Hydra's ConfigStore rather than found on the ``conf/`` search
-    path: ``conf/model/`` is a config group there, which would make ``model=PATH`` a group
-    override instead of a file path.
-    """
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    name = f"garment_gen_{config_file.stem}"
-    ConfigStore.instance().store(name=name, node=OmegaConf.load(config_file))
-    hydra.main(version_base="1.3", config_path=None, config_name=name)(app)()
-
-
 def main() -> None:
     """Entry point for ``python -m garment_gen.evaluate``."""
     from omegaconf import OmegaConf
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
+    from garment_gen.cli import hydra_main, user_errors
 
     @user_errors
     def _app(cfg) -> None:
@@ -678,7 +662,7 @@ def main() -> None:
         print(format_table(report))
         print(f"wrote {Path(report['out']) / 'metrics.json'}")
 
-    hydra_file_main(conf_dir() / "evaluate.yaml", _app)
+    hydra_main(conf_dir() / "cli", "evaluate", _app)
 
 
 if __name__ == "__main__":

@@ -350,8 +350,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
-    from garment_gen.evaluate import hydra_file_main
+    from garment_gen.cli import hydra_main, user_errors
 
     @user_errors
     def _app(cfg) -> None:
@@ -377,7 +376,7 @@ def main() -> None:
             f"wrote {res['path']} ({res['format']}, {res['resolution']} px, {diff}, {res['seconds']:.1f} s)"
         )
 
-    hydra_file_main(conf_dir() / "export.yaml", _app)
+    hydra_main(conf_dir() / "cli", "export", _app)
 
 
 if __name__ == "__main__":

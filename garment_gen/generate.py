@@ -32,9 +32,13 @@ def list_images(path: str | Path, what: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not files:
-            raise GarmentGenError(f"{what}={path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise GarmentGenError(
+                f"{what}={path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         return files
     raise GarmentGenError(f"{what}={path}: no such file or folder")
 
@@ -49,8 +53,13 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def labelled_grid(
-    shapes: torch.Tensor, textures: torch.Tensor, images: torch.Tensor, shape_names: list[str],
-    texture_names: list[str], labels: bool = True, pad: int = 2,
+    shapes: torch.Tensor,
+    textures: torch.Tensor,
+    images: torch.Tensor,
+    shape_names: list[str],
+    texture_names: list[str],
+    labels: bool = True,
+    pad: int = 2,
 ) -> np.ndarray:
     """``uint8`` grid: top row = textures, left column = shape masks, cells = ``images[i, j]``.
 
@@ -93,7 +102,12 @@ def generate_combinations(
     texs = torch.cat([gen.texture_tensor(t) for t in textures])
     pairs = [(i, j) for i in range(len(shapes)) for j in range(len(textures))]
     out = torch.empty(len(shapes), len(textures), 3, gen.resolution, gen.resolution)
-    bar = tqdm(total=len(pairs), desc="generating", unit="img", disable=not progress or len(pairs) < 2 * batch_size)
+    bar = tqdm(
+        total=len(pairs),
+        desc="generating",
+        unit="img",
+        disable=not progress or len(pairs) < 2 * batch_size,
+    )
     for k in range(0, len(pairs), batch_size):
         chunk = pairs[k : k + batch_size]
         m = masks[[i for i, _ in chunk]]
@@ -107,14 +121,23 @@ def generate_combinations(
 
 
 def run(
-    model: str, shape: str, texture: str, out: str = "generated", truncation: float = 1.0,
-    seed: int | None = None, device: str = "cpu", batch_size: int = 32, labels: bool = True,
+    model: str,
+    shape: str,
+    texture: str,
+    out: str = "generated",
+    truncation: float = 1.0,
+    seed: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    labels: bool = True,
 ) -> dict[str, Any]:
     """Generate one pair or every combination; returns ``{"images": [...], "grid": path or None}``."""
     shape_files = list_images(shape, "shape")
     texture_files = list_images(texture, "texture")
     gen = GarmentGenerator.from_checkpoint(model, device=device)
-    masks, texs, imgs = generate_combinations(gen, shape_files, texture_files, truncation, seed, batch_size)
+    masks, texs, imgs = generate_combinations(
+        gen, shape_files, texture_files, truncation, seed, batch_size
+    )
     out_path = Path(out)
     single = len(shape_files) == 1 and len(texture_files) == 1
     if single and out_path.suffix.lower() == ".png":
@@ -124,8 +147,12 @@ def run(
     written = []
     for i, sf in enumerate(shape_files):
         for j, tf in enumerate(texture_files):
-            written.append(str(save_png(to_uint8(imgs[i, j]), out_path / f"{sf.stem}__{tf.stem}.png")))
-    sheet = labelled_grid(masks, texs, imgs, [f.stem for f in shape_files], [f.stem for f in texture_files], labels)
+            written.append(
+                str(save_png(to_uint8(imgs[i, j]), out_path / f"{sf.stem}__{tf.stem}.png"))
+            )
+    sheet = labelled_grid(
+        masks, texs, imgs, [f.stem for f in shape_files], [f.stem for f in texture_files], labels
+    )
     grid_path = save_png(sheet, out_path / "grid.png")
     log.info("wrote %d images and %s", len(written), grid_path)
     return {"images": written, "grid": str(grid_path)}

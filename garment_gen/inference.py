@@ -61,7 +61,9 @@ def save_garment_model(
         for key in ("generator", "encoders", "segmenter"):
             if payload[key] is not None:
                 sd = payload[key]["state_dict"]
-                payload[key]["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+                payload[key]["state_dict"] = {
+                    k: v.half() if v.is_floating_point() else v for k, v in sd.items()
+                }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -79,7 +81,9 @@ def _float_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def load_garment_model(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_garment_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read ``garment_model.pt``; returns ``{generator, encoders, segmenter, data, meta}`` (modules in eval).
 
     Raises:
@@ -96,7 +100,9 @@ def load_garment_model(path: str | Path, map_location: str | torch.device = "cpu
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise GarmentGenError(f"{path}: not a readable model file ({exc.__class__.__name__})") from None
+        raise GarmentGenError(
+            f"{path}: not a readable model file ({exc.__class__.__name__})"
+        ) from None
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt != FORMAT:
         hint = {
@@ -106,7 +112,11 @@ def load_garment_model(path: str | Path, map_location: str | torch.device = "cpu
             hint = "this is a pretrained generator (stage=pretrain); fit the encoders on it with stage=encoders"
         raise GarmentGenError(
             f"{path}: not a garment model (format {fmt!r}, expected {FORMAT!r})"
-            + (f": {hint}" if hint else "; export one with `python -m garment_gen.train stage=encoders`")
+            + (
+                f": {hint}"
+                if hint
+                else "; export one with `python -m garment_gen.train stage=encoders`"
+            )
         )
     try:
         g = Generator(**payload["generator"]["kwargs"])
@@ -156,20 +166,34 @@ def _as_uint8(x: ImageLike, background: tuple[int, int, int]):
         except BadInputError as exc:
             raise GarmentGenError(str(exc)) from None
         rgb = load_rgb(path, background=background)
-        if (np.abs(rgb.astype(int) - gray[..., None].astype(int)).max() <= 8) and _looks_binary(gray):
+        if (np.abs(rgb.astype(int) - gray[..., None].astype(int)).max() <= 8) and _looks_binary(
+            gray
+        ):
             return gray, name
         return rgb, name
     if isinstance(x, Image.Image):
-        arr = np.asarray(x.convert("RGBA" if x.mode in ("RGBA", "LA", "P") else ("L" if x.mode in ("1", "L") else "RGB")))
+        arr = np.asarray(
+            x.convert(
+                "RGBA"
+                if x.mode in ("RGBA", "LA", "P")
+                else ("L" if x.mode in ("1", "L") else "RGB")
+            )
+        )
         if arr.ndim == 3 and arr.shape[2] == 4:
             alpha = arr[..., 3:4].astype(np.float32) / 255
-            arr = (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha)).round().astype(np.uint8)
+            arr = (
+                (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha))
+                .round()
+                .astype(np.uint8)
+            )
         return arr, name
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu().float()
         if t.ndim == 4:
             if t.shape[0] != 1:
-                raise GarmentGenError(f"{name}: pass one image at a time here, got a batch of {t.shape[0]}")
+                raise GarmentGenError(
+                    f"{name}: pass one image at a time here, got a batch of {t.shape[0]}"
+                )
             t = t[0]
         if t.ndim == 3 and t.shape[0] in (1, 3):
             t = t.permute(1, 2, 0)
@@ -189,13 +213,18 @@ def _as_uint8(x: ImageLike, background: tuple[int, int, int]):
             arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).round().astype(np.uint8)
         if arr.ndim == 3 and arr.shape[2] == 4:
             alpha = arr[..., 3:4].astype(np.float32) / 255
-            arr = (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha)).round().astype(np.uint8)
+            arr = (
+                (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha))
+                .round()
+                .astype(np.uint8)
+            )
         return arr, name
-    raise GarmentGenError(f"unsupported input type {type(x).__name__}: give a path, PIL image, numpy array or tensor")
+    raise GarmentGenError(
+        f"unsupported input type {type(x).__name__}: give a path, PIL image, numpy array or tensor"
+    )
 
 
 def _looks_binary(gray) -> bool:
-    import numpy as np
 
     return bool(((gray <= 32) | (gray >= 223)).mean() > 0.97)
 
@@ -229,12 +258,18 @@ class GarmentGenerator:
         self.meta = meta or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> GarmentGenerator:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu"
+    ) -> GarmentGenerator:
         """Load ``garment_model.pt`` (see :func:`load_garment_model`)."""
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise GarmentGenError(f"device={device}: CUDA is not available on this machine; use device=cpu")
+            raise GarmentGenError(
+                f"device={device}: CUDA is not available on this machine; use device=cpu"
+            )
         m = load_garment_model(path)
-        return cls(m["generator"], m["encoders"], m["segmenter"], m["data"], device=device, meta=m["meta"])
+        return cls(
+            m["generator"], m["encoders"], m["segmenter"], m["data"], device=device, meta=m["meta"]
+        )
 
     # ------------------------------------------------------------------ input alignment
 
@@ -264,9 +299,13 @@ class GarmentGenerator:
         if arr.ndim == 2:
             mask = ((arr >= 128).astype(np.uint8)) * 255
             if not mask.any():
-                raise GarmentGenError(f"{name}: shape mask has no garment (all background); white = garment")
+                raise GarmentGenError(
+                    f"{name}: shape mask has no garment (all background); white = garment"
+                )
             if mask.all():
-                raise GarmentGenError(f"{name}: shape mask is all garment; black background, white garment expected")
+                raise GarmentGenError(
+                    f"{name}: shape mask is all garment; black background, white garment expected"
+                )
             rgb = np.repeat(mask[..., None], 3, axis=2)
         else:
             rgb, mask = arr, self._mask_of(arr, name)
@@ -308,7 +347,11 @@ class GarmentGenerator:
 
     @torch.no_grad()
     def generate_tensors(
-        self, shape_mask: torch.Tensor, texture_img: torch.Tensor, truncation_psi: float = 1.0, seed: int | None = None
+        self,
+        shape_mask: torch.Tensor,
+        texture_img: torch.Tensor,
+        truncation_psi: float = 1.0,
+        seed: int | None = None,
     ) -> torch.Tensor:
         """Aligned batches in, images out: mask ``[B,1,R,R]``, texture ``[B,3,R,R]`` -> ``[B,3,R,R]`` in [-1, 1]."""
         ws = self.encoders(shape_mask.to(self.device), texture_img.to(self.device))
@@ -354,16 +397,31 @@ class GarmentGenerator:
         if len(textures) == 1 and len(shapes) > 1:
             textures = textures * len(shapes)
         if len(shapes) != len(textures):
-            raise GarmentGenError(f"got {len(shapes)} shapes and {len(textures)} textures; give equal numbers or one of either")
+            raise GarmentGenError(
+                f"got {len(shapes)} shapes and {len(textures)} textures; give equal numbers or one of either"
+            )
         outs = []
         for i in range(0, len(shapes), batch_size):
             masks = torch.cat([self.shape_tensor(s) for s in shapes[i : i + batch_size]])
             texs = torch.cat([self.texture_tensor(t) for t in textures[i : i + batch_size]])
-            outs.append(self.generate_tensors(masks, texs, truncation_psi, None if seed is None else seed + i))
+            outs.append(
+                self.generate_tensors(
+                    masks, texs, truncation_psi, None if seed is None else seed + i
+                )
+            )
         imgs = torch.cat(outs)
         if output == "tensor":
             return imgs
-        arr = imgs.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = (
+            imgs.add(1)
+            .mul(127.5)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+            .permute(0, 2, 3, 1)
+            .cpu()
+            .numpy()
+        )
         if output == "numpy":
             return arr
         if output != "pil":

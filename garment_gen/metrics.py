@@ -60,7 +60,9 @@ class VGGFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = img.float() / 255.0 if img.dtype == torch.uint8 else (img.float() + 1) / 2
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )
         x = (x - self.mean) / self.std
         return self.trunk(x).mean(dim=(2, 3))
 
@@ -95,9 +97,13 @@ class RealismMetric(nn.Module):
                 )
         self.name = backend
         if backend == "fid":
-            self.fd = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=True)
+            self.fd = FrechetInceptionDistance(
+                feature=2048, normalize=True, reset_real_features=True
+            )
         else:
-            self.fd = FrechetInceptionDistance(feature=VGGFeatures(size), normalize=True, reset_real_features=True)
+            self.fd = FrechetInceptionDistance(
+                feature=VGGFeatures(size), normalize=True, reset_real_features=True
+            )
         log.info("realism metric: %s", self.name)
 
     def update(self, img: torch.Tensor, real: bool) -> None:

@@ -28,7 +28,6 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,8 +94,17 @@ class PrepareConfig:
 
     def fingerprint_settings(self) -> dict[str, Any]:
         keys = (
-            "resolution", "margin", "background", "min_area", "max_area", "max_pixels",
-            "val_fraction", "test_fraction", "seed", "max_per_group", "grabcut_size",
+            "resolution",
+            "margin",
+            "background",
+            "min_area",
+            "max_area",
+            "max_pixels",
+            "val_fraction",
+            "test_fraction",
+            "seed",
+            "max_per_group",
+            "grabcut_size",
         )
         out = {k: getattr(self, k) for k in keys}
         out["background"] = list(self.background)
@@ -122,7 +130,13 @@ def _split_and_label(rel: Path, sha: str, cfg: PrepareConfig) -> tuple[str, str]
     split = next((SPLIT_ALIASES[d] for d in dirs if d in SPLIT_ALIASES), None)
     if split is None:
         u = int(hashlib.sha256(f"{cfg.seed}:{sha}".encode()).hexdigest()[:12], 16) / 16**12
-        split = "test" if u < cfg.test_fraction else "validation" if u < cfg.test_fraction + cfg.val_fraction else "train"
+        split = (
+            "test"
+            if u < cfg.test_fraction
+            else "validation"
+            if u < cfg.test_fraction + cfg.val_fraction
+            else "train"
+        )
     parent = rel.parts[-2] if len(rel.parts) > 1 else ""
     label = "" if parent.lower() in SPLIT_ALIASES else parent
     return split, label
@@ -135,23 +149,43 @@ def scan_inputs(cfg: PrepareConfig) -> tuple[list[Task], list[dict[str, Any]]]:
         raise GarmentGenError(f"input_dir={cfg.input_dir}: not a folder")
     out = Path(cfg.output_dir).expanduser().resolve()
     if out == root or root in out.parents:
-        raise GarmentGenError(f"output_dir={cfg.output_dir} is inside input_dir={cfg.input_dir}; choose a folder outside it")
+        raise GarmentGenError(
+            f"output_dir={cfg.output_dir} is inside input_dir={cfg.input_dir}; choose a folder outside it"
+        )
     exclude = [out]
     if cfg.mask_dir:
         exclude.append(Path(cfg.mask_dir).expanduser().resolve())
 
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     files = [p for p in files if not any(e == p or e in p.parents for e in exclude)]
     tasks: list[Task] = []
     ignored: list[dict[str, Any]] = []
     for path in files:
         rel = path.relative_to(root)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            ignored.append(_row(rel.as_posix(), "", "", "", status="skipped", reason=f"not an image file (extension '{path.suffix}')", code="not_image"))
+            ignored.append(
+                _row(
+                    rel.as_posix(),
+                    "",
+                    "",
+                    "",
+                    status="skipped",
+                    reason=f"not an image file (extension '{path.suffix}')",
+                    code="not_image",
+                )
+            )
             continue
         sha = sha256_file(path)
         split, label = _split_and_label(rel, sha, cfg)
-        tasks.append(Task(source=path, rel=rel.as_posix(), sha256=sha, id=path.stem, split=split, label=label))
+        tasks.append(
+            Task(
+                source=path, rel=rel.as_posix(), sha256=sha, id=path.stem, split=split, label=label
+            )
+        )
     if not tasks:
         raise GarmentGenError(
             f"input_dir={cfg.input_dir}: no image files found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
@@ -236,7 +270,9 @@ def prepare_one(task: Task) -> dict[str, Any]:
         row.update(id="", status="skipped", reason=exc.reason)
         row["_code"] = exc.code
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
-        row.update(id="", status="skipped", reason=f"unexpected error: {exc.__class__.__name__}: {exc}")
+        row.update(
+            id="", status="skipped", reason=f"unexpected error: {exc.__class__.__name__}: {exc}"
+        )
         row["_code"] = "error"
     return row
 
@@ -318,7 +354,9 @@ def _report(rows: list[dict[str, Any]], seconds: float) -> tuple[str, dict[str, 
         "mask sources: " + ", ".join(f"{k}={v}" for k, v in sorted(by_source.items())),
     ]
     if skipped:
-        lines.append("skipped by reason: " + ", ".join(f"{k}={v}" for k, v in by_code.most_common()))
+        lines.append(
+            "skipped by reason: " + ", ".join(f"{k}={v}" for k, v in by_code.most_common())
+        )
         lines.append("")
         lines.append("skipped inputs:")
         lines.extend(f"  {r['source_path']}: {r['reason']}" for r in skipped)
@@ -341,7 +379,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """
     t0 = time.time()
     if cfg.resolution < 8 or cfg.resolution & (cfg.resolution - 1):
-        raise GarmentGenError(f"resolution={cfg.resolution}: must be a power of two (e.g. 64, 128, 256)")
+        raise GarmentGenError(
+            f"resolution={cfg.resolution}: must be a power of two (e.g. 64, 128, 256)"
+        )
     if cfg.mask_dir and not Path(cfg.mask_dir).is_dir():
         raise GarmentGenError(f"mask_dir={cfg.mask_dir}: not a folder")
     if cfg.segmenter and not Path(cfg.segmenter).is_file():
@@ -350,7 +390,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     tasks, ignored = scan_inputs(cfg)
     fingerprint = _fingerprint(cfg, tasks, ignored)
     if _check_output(out, fingerprint, cfg.overwrite):
-        log.info("output_dir=%s is already up to date (same inputs and settings); nothing to do", out)
+        log.info(
+            "output_dir=%s is already up to date (same inputs and settings); nothing to do", out
+        )
         return json.loads((out / "dataset.json").read_text())["stats"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -425,7 +467,9 @@ def config_from_dict(d: dict[str, Any]) -> PrepareConfig:
     known = set(PrepareConfig.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
-        raise GarmentGenError(f"unknown prepare setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        raise GarmentGenError(
+            f"unknown prepare setting(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
     for req in ("input_dir", "output_dir"):
         if d.get(req) in (None, "", "???"):
             raise GarmentGenError(

@@ -35,7 +35,11 @@ def _instantiate_dict(section: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a ``name: {_target_: ...}`` mapping (callbacks, loggers)."""
     if not section:
         return []
-    return [hydra.utils.instantiate(v) for v in section.values() if isinstance(v, DictConfig) and "_target_" in v]
+    return [
+        hydra.utils.instantiate(v)
+        for v in section.values()
+        if isinstance(v, DictConfig) and "_target_" in v
+    ]
 
 
 def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -52,7 +56,9 @@ def resolve_latest(value: str, log_dir: str | Path, stage: str, filename: str) -
     """``latest`` -> the newest ``<log_dir>/<stage>/runs/*/<filename>``; other values unchanged."""
     if value != "latest":
         return value
-    found = sorted(Path(log_dir).glob(f"{stage}/runs/*/{filename}"), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        Path(log_dir).glob(f"{stage}/runs/*/{filename}"), key=lambda p: p.stat().st_mtime
+    )
     if not found:
         raise ConfigError(
             f"no {filename} found under {Path(log_dir) / stage / 'runs'}; "
@@ -65,10 +71,17 @@ def resolve_latest(value: str, log_dir: str | Path, stage: str, filename: str) -
 def _resolve_artefacts(cfg: DictConfig) -> None:
     """Replace ``latest`` in ``model.generator`` / ``loss.segmenter`` with real paths."""
     with open_dict(cfg):
-        if isinstance(cfg.get("model"), DictConfig) and cfg.model.get("generator", None) == "latest":
-            cfg.model.generator = resolve_latest("latest", cfg.paths.log_dir, "pretrain", "generator.pt")
+        if (
+            isinstance(cfg.get("model"), DictConfig)
+            and cfg.model.get("generator", None) == "latest"
+        ):
+            cfg.model.generator = resolve_latest(
+                "latest", cfg.paths.log_dir, "pretrain", "generator.pt"
+            )
         if isinstance(cfg.get("loss"), DictConfig) and cfg.loss.get("segmenter", None) == "latest":
-            cfg.loss.segmenter = resolve_latest("latest", cfg.paths.log_dir, "segmenter", "segmenter.pt")
+            cfg.loss.segmenter = resolve_latest(
+                "latest", cfg.paths.log_dir, "segmenter", "segmenter.pt"
+            )
 
 
 def _instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
@@ -86,10 +99,16 @@ def check_wandb(cfg: DictConfig) -> None:
     """Fail early, with the two ways out, when wandb would need an account that is not set up."""
     section = cfg.get("logger") or {}
     uses_wandb = any(
-        isinstance(v, DictConfig) and str(v.get("_target_", "")).endswith("WandbLogger") and not v.get("offline", False)
+        isinstance(v, DictConfig)
+        and str(v.get("_target_", "")).endswith("WandbLogger")
+        and not v.get("offline", False)
         for v in section.values()
     )
-    if not uses_wandb or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+    if not uses_wandb or os.environ.get("WANDB_MODE", "").lower() in (
+        "offline",
+        "disabled",
+        "dryrun",
+    ):
         return
     if os.environ.get("WANDB_API_KEY"):
         return
@@ -116,6 +135,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
+    if not loggers:  # logger=none: drop callbacks that only feed loggers
+        callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -141,7 +162,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         info = write_run_info(cfg, output_dir)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for lg in trainer.loggers:
-            lg.log_hyperparams({"config": resolved, "run_info": {k: info[k] for k in ("git_commit", "versions")}})
+            lg.log_hyperparams(
+                {"config": resolved, "run_info": {k: info[k] for k in ("git_commit", "versions")}}
+            )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best"):
         raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint file not found")
@@ -149,7 +172,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("validate_first", False):
         # A baseline of the monitored metrics before any training (e.g. FD at kimg 0).
         first = trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics.update({f"initial/{k}": v for k, v in _float_metrics(first[0] if first else {}).items()})
+        metrics.update(
+            {f"initial/{k}": v for k, v in _float_metrics(first[0] if first else {}).items()}
+        )
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_float_metrics(trainer.callback_metrics))
@@ -172,7 +197,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         import json
 
-        (output_dir / "metrics.json").write_text(json.dumps({**metrics, **metrics_note}, indent=2) + "\n")
+        (output_dir / "metrics.json").write_text(
+            json.dumps({**metrics, **metrics_note}, indent=2) + "\n"
+        )
     return metrics
 
 
@@ -197,7 +224,10 @@ def main() -> None:
     """``python -m garment_gen.train stage=...``: validate the stage, compose, train."""
     conf = conf_dir()
     argv = sys.argv[1:]
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info") for a in argv):
+    if not any(
+        a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info")
+        for a in argv
+    ):
         check_group_choice(argv, conf, "stage", required=True)
     for group in ("trainer", "logger", "data", "debug", "experiment", "cluster", "hparams_search"):
         check_group_choice(argv, conf, group, required=False)

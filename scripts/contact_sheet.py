@@ -22,7 +22,9 @@ from garment_gen.data.dataset import GarmentDataset, read_manifest
 def tile(ds: GarmentDataset, index: int, textures: bool) -> np.ndarray:
     image, mask, photo = ds.load(index)
     outlined = photo.copy()
-    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(
+        (mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
     cv2.drawContours(outlined, contours, -1, (255, 0, 0), max(1, image.shape[0] // 64))
     parts = [outlined, image]
     if textures:
@@ -32,7 +34,9 @@ def tile(ds: GarmentDataset, index: int, textures: bool) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("dataset")
     ap.add_argument("out")
     ap.add_argument("--n", type=int, default=64)

@@ -22,9 +22,20 @@ def tshirt_mask(h: int, w: int, scale: float = 1.0, offset: tuple[int, int] = (0
     cx, cy = w / 2 + offset[0], h / 2 + offset[1]
     pts = np.array(
         [
-            (-0.18, -0.40), (-0.40, -0.30), (-0.48, -0.10), (-0.32, -0.02), (-0.28, -0.12),
-            (-0.28, 0.42), (0.28, 0.42), (0.28, -0.12), (0.32, -0.02), (0.48, -0.10),
-            (0.40, -0.30), (0.18, -0.40), (0.08, -0.34), (-0.08, -0.34),
+            (-0.18, -0.40),
+            (-0.40, -0.30),
+            (-0.48, -0.10),
+            (-0.32, -0.02),
+            (-0.28, -0.12),
+            (-0.28, 0.42),
+            (0.28, 0.42),
+            (0.28, -0.12),
+            (0.32, -0.02),
+            (0.48, -0.10),
+            (0.40, -0.30),
+            (0.18, -0.40),
+            (0.08, -0.34),
+            (-0.08, -0.34),
         ]
     )
     poly = np.round(np.stack([cx + pts[:, 0] * s, cy + pts[:, 1] * s], 1)).astype(np.int32)
@@ -41,7 +52,12 @@ def garment_photo(
     ``background``: ``plain`` (flat light grey) or ``wood`` (textured brown planks).
     """
     rng = np.random.default_rng(seed)
-    mask = tshirt_mask(h, w, scale=rng.uniform(0.75, 0.9), offset=(int(rng.integers(-8, 9)), int(rng.integers(-8, 9))))
+    mask = tshirt_mask(
+        h,
+        w,
+        scale=rng.uniform(0.75, 0.9),
+        offset=(int(rng.integers(-8, 9)), int(rng.integers(-8, 9))),
+    )
     if background == "plain":
         bg = np.full((h, w, 3), 235, np.uint8)
     else:
@@ -57,7 +73,9 @@ def garment_photo(
     return img, mask
 
 
-def write_photo_folder(root: Path, n_per_split: dict[str, int] | None = None, background: str = "plain") -> Path:
+def write_photo_folder(
+    root: Path, n_per_split: dict[str, int] | None = None, background: str = "plain"
+) -> Path:
     """Synthetic photos under ``root/<split>/<label>/`` as JPEG; returns ``root``."""
     n_per_split = n_per_split or {"train": 4, "validation": 1, "test": 1}
     k = 0
@@ -150,8 +168,15 @@ def tiny_generator(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("pretrain")
     cfg = compose_config(
-        ["stage=pretrain", "model=stylegan2_tiny", "debug=fast", "model.realism=null", "trainer.enable_model_summary=false"],
-        root / "run", root,
+        [
+            "stage=pretrain",
+            "model=stylegan2_tiny",
+            "debug=fast",
+            "model.realism=null",
+            "trainer.enable_model_summary=false",
+        ],
+        root / "run",
+        root,
     )
     train(cfg)
     return root / "run" / "generator.pt"
@@ -163,7 +188,11 @@ def tiny_segmenter(tmp_path_factory) -> Path:
     from garment_gen.train import train
 
     root = tmp_path_factory.mktemp("segmenter")
-    cfg = compose_config(["stage=segmenter", *TINY_SEGMENTER, "trainer.max_steps=6", "trainer.limit_val_batches=1"], root / "run", root)
+    cfg = compose_config(
+        ["stage=segmenter", *TINY_SEGMENTER, "trainer.max_steps=6", "trainer.limit_val_batches=1"],
+        root / "run",
+        root,
+    )
     train(cfg)
     return root / "run" / "segmenter.pt"
 
@@ -175,9 +204,17 @@ def tiny_garment_model(tmp_path_factory, tiny_generator, tiny_segmenter) -> Path
 
     root = tmp_path_factory.mktemp("encoders")
     cfg = compose_config(
-        ["stage=encoders", *TINY_ENCODERS, f"model.generator={tiny_generator}", f"loss.segmenter={tiny_segmenter}",
-         "loss.w_shape=0.1", "trainer.max_steps=4", "trainer.limit_val_batches=1"],
-        root / "run", root,
+        [
+            "stage=encoders",
+            *TINY_ENCODERS,
+            f"model.generator={tiny_generator}",
+            f"loss.segmenter={tiny_segmenter}",
+            "loss.w_shape=0.1",
+            "trainer.max_steps=4",
+            "trainer.limit_val_batches=1",
+        ],
+        root / "run",
+        root,
     )
     train(cfg)
     return root / "run" / "garment_model.pt"

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from tests.conftest import compose_config
 
-TINY = ["stage=pretrain", "model=stylegan2_tiny", "debug=fast", "model.realism=null", "trainer.enable_model_summary=false"]
+TINY = [
+    "stage=pretrain",
+    "model=stylegan2_tiny",
+    "debug=fast",
+    "model.realism=null",
+    "trainer.enable_model_summary=false",
+]
 
 
 def test_optuna_search_composes(tmp_path):
@@ -22,8 +28,11 @@ def test_optuna_search_composes(tmp_path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["stage=encoders", "model.generator=x.pt", "hparams_search=encoders_optuna"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["stage=encoders", "model.generator=x.pt", "hparams_search=encoders_optuna"],
+            return_hydra_config=True,
+        )
     GlobalHydra.instance().clear()
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "val/lpips"
@@ -31,8 +40,17 @@ def test_optuna_search_composes(tmp_path):
 
 
 def test_slurm_cluster_composes_and_trainer_follows_launcher(tmp_path):
-    cfg = compose_config(["stage=pretrain", "cluster=slurm", "trainer=ddp", "hydra.launcher.nodes=2",
-                          "hydra.launcher.gpus_per_node=4"], tmp_path / "run", tmp_path)
+    cfg = compose_config(
+        [
+            "stage=pretrain",
+            "cluster=slurm",
+            "trainer=ddp",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.gpus_per_node=4",
+        ],
+        tmp_path / "run",
+        tmp_path,
+    )
     from hydra.core.hydra_config import HydraConfig
 
     launcher = HydraConfig.get().launcher
@@ -42,8 +60,16 @@ def test_slurm_cluster_composes_and_trainer_follows_launcher(tmp_path):
 
 
 def test_multirun_sweep_runs_every_combination(tmp_path):
-    cmd = [sys.executable, "-m", "garment_gen.train", "-m", *TINY, f"paths.log_dir={tmp_path}",
-           "data.batch_size=4", "loss.r1_gamma=0.05,0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "garment_gen.train",
+        "-m",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+        "data.batch_size=4",
+        "loss.r1_gamma=0.05,0.2",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = sorted((tmp_path / "pretrain" / "multiruns").glob("*/*/metrics.json"))
@@ -51,7 +77,9 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
     gammas = []
     for job in jobs:
         cfg_text = (job.parent / "config_resolved.yaml").read_text()
-        gammas.append([ln for ln in cfg_text.splitlines() if "r1_gamma" in ln][0].split(":")[1].strip())
+        gammas.append(
+            [ln for ln in cfg_text.splitlines() if "r1_gamma" in ln][0].split(":")[1].strip()
+        )
         assert json.loads(job.read_text())["stop_reason"].startswith("reached max_steps")
     assert sorted(gammas) == ["0.05", "0.2"]
 
@@ -79,8 +107,11 @@ def test_wandb_offline_run_holds_keys_and_images(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = compose_config(TINY + ["logger=wandb", "data.batch_size=4", "model.sample_every_n_batches=1"],
-                         tmp_path / "run", tmp_path)
+    cfg = compose_config(
+        TINY + ["logger=wandb", "data.batch_size=4", "model.sample_every_n_batches=1"],
+        tmp_path / "run",
+        tmp_path,
+    )
     train(cfg)
     import wandb
 
@@ -91,7 +122,14 @@ def test_wandb_offline_run_holds_keys_and_images(tmp_path, monkeypatch):
     # wandb's offline run file is a binary log of protobuf records; logged keys and the
     # config are stored as plain UTF-8 strings in it, images as files under media/.
     data = next(run.glob("run-*.wandb")).read_bytes()
-    for key in (b"train/d_loss", b"train/g_loss", b"train/kimg", b"r1_gamma", b"stage_name", b"git_commit"):
+    for key in (
+        b"train/d_loss",
+        b"train/g_loss",
+        b"train/kimg",
+        b"r1_gamma",
+        b"stage_name",
+        b"git_commit",
+    ):
         assert key in data, key
     assert list(run.rglob("media/images/**/*.png"))  # the fixed-latent sample grid
 
@@ -100,8 +138,21 @@ def test_wandb_without_key_or_offline_says_both_ways_out(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc with a key
     env["NETRC"] = str(tmp_path / "none")
-    res = subprocess.run([sys.executable, "-m", "garment_gen.train", *TINY, "logger=wandb", f"paths.log_dir={tmp_path}"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "garment_gen.train",
+            *TINY,
+            "logger=wandb",
+            f"paths.log_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 2
     err = res.stderr.strip().splitlines()[-1]
     assert "wandb login" in err and "WANDB_MODE=offline" in err

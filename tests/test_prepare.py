@@ -24,7 +24,13 @@ def rows(out: Path) -> list[dict[str, str]]:
 
 
 def cfg(inp: Path, out: Path, **kw) -> PrepareConfig:
-    return PrepareConfig(input_dir=str(inp), output_dir=str(out), resolution=kw.pop("resolution", 32), workers=1, **kw)
+    return PrepareConfig(
+        input_dir=str(inp),
+        output_dir=str(out),
+        resolution=kw.pop("resolution", 32),
+        workers=1,
+        **kw,
+    )
 
 
 def test_prepare_outputs_and_manifest(photo_dir: Path, tmp_path: Path):
@@ -32,7 +38,17 @@ def test_prepare_outputs_and_manifest(photo_dir: Path, tmp_path: Path):
     stats = prepare(cfg(photo_dir, out))
     assert stats["prepared"] == 6 and stats["skipped"] == 0
     r = rows(out)
-    assert set(r[0]) >= {"id", "source_path", "sha256", "split", "label", "mask_source", "mask_area", "status", "reason"}
+    assert set(r[0]) >= {
+        "id",
+        "source_path",
+        "sha256",
+        "split",
+        "label",
+        "mask_source",
+        "mask_area",
+        "status",
+        "reason",
+    }
     assert {x["split"] for x in r} == {"train", "validation", "test"}  # source splits kept
     assert {x["label"] for x in r} == {"shirt", "tee"}
     assert all(x["mask_source"] == "plain_background" for x in r)
@@ -178,15 +194,25 @@ def test_parallel_workers_match_serial(tmp_path: Path):
     c.workers = 2
     prepare(c)
     for x in rows(a):
-        assert (a / "images" / f"{x['id']}.png").read_bytes() == (b / "images" / f"{x['id']}.png").read_bytes()
+        assert (a / "images" / f"{x['id']}.png").read_bytes() == (
+            b / "images" / f"{x['id']}.png"
+        ).read_bytes()
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garment_gen.prepare", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "garment_gen.prepare", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_prepares_and_reports_errors_in_one_line(photo_dir: Path, tmp_path: Path):
-    res = run_cli(f"input_dir={photo_dir}", f"output_dir={tmp_path / 'o'}", "resolution=32", cwd=tmp_path)
+    res = run_cli(
+        f"input_dir={photo_dir}", f"output_dir={tmp_path / 'o'}", "resolution=32", cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     assert "prepared 6 images" in res.stdout + res.stderr
     res = run_cli(f"output_dir={tmp_path / 'o2'}", cwd=tmp_path)

@@ -28,9 +28,17 @@ def val_series(run: Path, key: str) -> list[float]:
 
 def test_segmenter_iou_improves_and_plugs_into_prepare(tmp_path):
     cfg = compose_config(
-        ["stage=segmenter", *TINY_SEGMENTER, "trainer.max_steps=24", "trainer.val_check_interval=6",
-         "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=2", "model.optimizer.lr=0.003"],
-        tmp_path / "run", tmp_path,
+        [
+            "stage=segmenter",
+            *TINY_SEGMENTER,
+            "trainer.max_steps=24",
+            "trainer.val_check_interval=6",
+            "trainer.check_val_every_n_epoch=null",
+            "trainer.limit_val_batches=2",
+            "model.optimizer.lr=0.003",
+        ],
+        tmp_path / "run",
+        tmp_path,
     )
     train(cfg)
     ious = val_series(tmp_path / "run", "val/iou")
@@ -45,8 +53,17 @@ def test_segmenter_iou_improves_and_plugs_into_prepare(tmp_path):
 
     photos = Path(__file__).parent / "assets" / "photos"
     out = tmp_path / "prepared"
-    prepare(PrepareConfig(input_dir=str(photos), output_dir=str(out), resolution=32, segmenter=str(seg), workers=1,
-                          min_area=0.01, max_area=0.99))
+    prepare(
+        PrepareConfig(
+            input_dir=str(photos),
+            output_dir=str(out),
+            resolution=32,
+            segmenter=str(seg),
+            workers=1,
+            min_area=0.01,
+            max_area=0.99,
+        )
+    )
     with open(out / "manifest.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
     assert rows and all(r["mask_source"] == "segmenter" for r in rows)
@@ -63,14 +80,24 @@ def test_load_segmenter_rejects_other_files(tmp_path, tiny_generator):
 
 
 def encoders_cfg(tmp_path, generator, *extra):
-    return compose_config(["stage=encoders", *TINY_ENCODERS, f"model.generator={generator}", *extra],
-                          tmp_path / "run", tmp_path)
+    return compose_config(
+        ["stage=encoders", *TINY_ENCODERS, f"model.generator={generator}", *extra],
+        tmp_path / "run",
+        tmp_path,
+    )
 
 
 def test_encoders_frozen_generator_and_loss_decreases(tmp_path, tiny_generator):
-    cfg = encoders_cfg(tmp_path, tiny_generator, "trainer.max_steps=30", "trainer.val_check_interval=10",
-                       "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=2", "loss.w_lpips=0.5",
-                       "model.optimizer.lr=0.002")
+    cfg = encoders_cfg(
+        tmp_path,
+        tiny_generator,
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.limit_val_batches=2",
+        "loss.w_lpips=0.5",
+        "model.optimizer.lr=0.002",
+    )
     dm, module, trainer = build(cfg)
     g_before = {k: v.clone() for k, v in module.G.state_dict().items()}
     assert not any(p.requires_grad for p in module.G.parameters())
@@ -82,14 +109,23 @@ def test_encoders_frozen_generator_and_loss_decreases(tmp_path, tiny_generator):
     firsts = val_series(tmp_path / "run", "val/first")
     assert len(firsts) >= 3 and firsts[-1] < firsts[0], firsts
     # Checkpoints hold what training changes, not the frozen networks.
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert not any(k.startswith(("G.", "loss_fn.")) for k in ckpt["state_dict"])
 
 
 def test_threshold_stops_training(tmp_path, tiny_generator):
-    cfg = encoders_cfg(tmp_path, tiny_generator, "trainer.max_steps=200", "trainer.val_check_interval=2",
-                       "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=1", "loss.w_lpips=0",
-                       "loss.threshold_first=100.0")
+    cfg = encoders_cfg(
+        tmp_path,
+        tiny_generator,
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=2",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.limit_val_batches=1",
+        "loss.w_lpips=0",
+        "loss.threshold_first=100.0",
+    )
     metrics = train(cfg)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "early stopping" in saved["stop_reason"] and "threshold" in saved["stop_reason"].lower()
@@ -133,7 +169,9 @@ def test_generate_from_paths_arrays_pil_and_tensors(gen, sample_root):
     mask_arr = np.asarray(Image.open(mask_path))
     b = gen.generate(mask_arr, Image.open(tex_path), output="numpy")
     assert np.array_equal(a, b)  # same input as path, array or PIL gives the same garment
-    t = gen.generate(torch.from_numpy(mask_arr > 0).float()[None], Image.open(tex_path), output="tensor")
+    t = gen.generate(
+        torch.from_numpy(mask_arr > 0).float()[None], Image.open(tex_path), output="tensor"
+    )
     assert t.shape == (1, 3, 64, 64) and t.min() >= -1 and t.max() <= 1
     pils = gen.generate([mask_path, mask_path], [tex_path, tex_path])
     assert len(pils) == 2 and pils[0].size == (64, 64)
@@ -143,7 +181,9 @@ def test_shape_from_photo_and_texture_from_swatch(gen):
     photos = Path(__file__).parent / "assets" / "photos"
     m = gen.shape_tensor(photos / "pants_05814dc4.jpg")  # a photo: its mask is found
     assert m.shape == (1, 1, 64, 64) and 0.05 < m.mean() < 0.95
-    swatch = np.tile(np.array([[[200, 30, 30]], [[30, 30, 200]]], np.uint8), (40, 80, 1))  # stripes filling the frame
+    swatch = np.tile(
+        np.array([[[200, 30, 30]], [[30, 30, 200]]], np.uint8), (40, 80, 1)
+    )  # stripes filling the frame
     x = gen.texture_tensor(swatch)
     assert x.shape == (1, 3, 64, 64)
 
@@ -171,14 +211,26 @@ def test_generate_cli_grid_and_errors(tiny_garment_model, sample_root, tmp_path)
     for p in sorted((sample_root / "masks").glob("*.png"))[:2]:
         (shapes / p.name).write_bytes(p.read_bytes())
     textures = Path(__file__).parent / "assets" / "photos"
-    cmd = [sys.executable, "-m", "garment_gen.generate", f"model={tiny_garment_model}", f"shape={shapes}",
-           f"texture={textures}", f"out={tmp_path / 'out'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "garment_gen.generate",
+        f"model={tiny_garment_model}",
+        f"shape={shapes}",
+        f"texture={textures}",
+        f"out={tmp_path / 'out'}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     n_tex = len(list(textures.glob("*.jpg")))
     assert len(list((tmp_path / "out").glob("*__*.png"))) == 2 * n_tex
     grid = np.asarray(Image.open(tmp_path / "out" / "grid.png"))
     assert grid.shape[0] > 2 * 64 and grid.shape[1] > n_tex * 64
-    res = subprocess.run(cmd[:4] + [f"shape={tmp_path / 'missing.png'}", f"texture={textures}"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        cmd[:4] + [f"shape={tmp_path / 'missing.png'}", f"texture={textures}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: shape=")

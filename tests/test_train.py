@@ -26,13 +26,19 @@ TINY_PRETRAIN = [
 
 def run_train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "garment_gen.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "garment_gen.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "encoders", "segmenter"])
 def test_every_stage_composes(compose_cfg, stage):
-    cfg = compose_cfg([f"stage={stage}", "model.generator=x.pt"] if stage == "encoders" else [f"stage={stage}"])
+    cfg = compose_cfg(
+        [f"stage={stage}", "model.generator=x.pt"] if stage == "encoders" else [f"stage={stage}"]
+    )
     assert cfg.stage_name == stage
     assert cfg.model._target_.startswith("garment_gen.modules.")
     assert {"data", "trainer", "logger", "callbacks", "paths", "loss"} <= set(cfg)
@@ -69,7 +75,9 @@ def test_cli_missing_required_value_one_line(tmp_path):
 
 
 def test_cli_bad_data_root_one_line(tmp_path):
-    res = run_train_cli("stage=pretrain", f"data.root={tmp_path}", f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    res = run_train_cli(
+        "stage=pretrain", f"data.root={tmp_path}", f"paths.log_dir={tmp_path}", cwd=tmp_path
+    )
     assert res.returncode == 2
     assert "not a prepared dataset" in res.stderr and "Traceback" not in res.stderr
 
@@ -96,11 +104,16 @@ def _fit(cfg, ckpt_path=None):
 
 
 def test_pretrain_resume_restores_everything(compose_cfg, tmp_path):
-    base = TINY_PRETRAIN + ["callbacks.model_checkpoint.every_n_train_steps=4", "trainer.max_steps=8"]
+    base = TINY_PRETRAIN + [
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+        "trainer.max_steps=8",
+    ]
     cfg = compose_cfg(base + ["model.augment.p_init=0.3"])
     first, trainer = _fit(cfg)
     ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # no pickled code in checkpoints
+    ckpt = torch.load(
+        ckpt_path, map_location="cpu", weights_only=True
+    )  # no pickled code in checkpoints
     assert int(ckpt["state_dict"]["nimg"]) == int(first.nimg) > 0
     assert "augment.p" in ckpt["state_dict"] and "G_ema.synthesis" in " ".join(ckpt["state_dict"])
     assert len(ckpt["optimizer_states"]) == 2 and "rng" in ckpt["garment_gen"]

@@ -130,7 +130,9 @@ class GarmentDataset(Dataset):
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("L" if gray else "RGB"))
         except (OSError, ValueError) as exc:
-            raise GarmentGenError(f"{path}: cannot read prepared sample ({exc}); re-run garment_gen.prepare") from None
+            raise GarmentGenError(
+                f"{path}: cannot read prepared sample ({exc}); re-run garment_gen.prepare"
+            ) from None
         if arr.shape[0] != self.resolution:
             interp = cv2.INTER_AREA if arr.shape[0] > self.resolution else cv2.INTER_CUBIC
             arr = cv2.resize(arr, (self.resolution, self.resolution), interpolation=interp)

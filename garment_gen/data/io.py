@@ -40,7 +40,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             finally:
                 Image.MAX_IMAGE_PIXELS = old_limit
     except UnidentifiedImageError:
-        raise BadInputError(path, "not a readable image (unknown or corrupt format)", "not_image") from None
+        raise BadInputError(
+            path, "not a readable image (unknown or corrupt format)", "not_image"
+        ) from None
     except OSError as exc:
         raise BadInputError(path, f"cannot open image: {exc}", "corrupt") from None
     w, h = img.size
@@ -63,7 +65,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
 
 
 def load_rgb(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, background: tuple[int, int, int] = (255, 255, 255)
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
 ) -> np.ndarray:
     """Load an image as ``uint8`` RGB ``[H, W, 3]``.
 

@@ -43,7 +43,7 @@ def clean_mask(mask: np.ndarray, min_component_share: float = 0.15) -> np.ndarra
     padded = np.pad(binary, 1)
     flood = padded.copy()
     cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
-    holes = (flood[1:-1, 1:-1] == 0)
+    holes = flood[1:-1, 1:-1] == 0
     binary[holes] = 1
     return binary * 255
 
@@ -52,14 +52,18 @@ def _work_size(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
     h, w = image.shape[:2]
     scale = min(1.0, long_side / max(h, w))
     if scale < 1.0:
-        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
     return image, scale
 
 
 def _to_full_size(mask_small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     if mask_small.shape != (h, w):
-        mask_small = cv2.resize(mask_small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        mask_small = cv2.resize(
+            mask_small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+        )
     return ((mask_small > 127.5).astype(np.uint8)) * 255
 
 
@@ -68,12 +72,19 @@ def border_is_plain(image: np.ndarray, border: float = 0.03, max_std: float = 10
     h, w = image.shape[:2]
     b = max(1, int(round(min(h, w) * border)))
     frame = np.concatenate(
-        [image[:b].reshape(-1, 3), image[-b:].reshape(-1, 3), image[:, :b].reshape(-1, 3), image[:, -b:].reshape(-1, 3)]
+        [
+            image[:b].reshape(-1, 3),
+            image[-b:].reshape(-1, 3),
+            image[:, :b].reshape(-1, 3),
+            image[:, -b:].reshape(-1, 3),
+        ]
     ).astype(np.float32)
     return bool(frame.std(axis=0).max() <= max_std)
 
 
-def plain_background_mask(image: np.ndarray, tolerance: float = 30.0, long_side: int = 512) -> np.ndarray:
+def plain_background_mask(
+    image: np.ndarray, tolerance: float = 30.0, long_side: int = 512
+) -> np.ndarray:
     """Mask for a photo on a flat background: pixels far from the border colour.
 
     Args:
@@ -83,7 +94,12 @@ def plain_background_mask(image: np.ndarray, tolerance: float = 30.0, long_side:
     h, w = small.shape[:2]
     b = max(1, int(round(min(h, w) * 0.03)))
     frame = np.concatenate(
-        [small[:b].reshape(-1, 3), small[-b:].reshape(-1, 3), small[:, :b].reshape(-1, 3), small[:, -b:].reshape(-1, 3)]
+        [
+            small[:b].reshape(-1, 3),
+            small[-b:].reshape(-1, 3),
+            small[:, :b].reshape(-1, 3),
+            small[:, -b:].reshape(-1, 3),
+        ]
     )
     bg = np.median(frame, axis=0).astype(np.float32)
     dist = np.linalg.norm(small.astype(np.float32) - bg, axis=2)
@@ -108,7 +124,12 @@ def grabcut_mask(
     """
     small, _ = _work_size(image, long_side)
     h, w = small.shape[:2]
-    rect = (int(w * margin_x), int(h * margin_y), int(w * (1 - 2 * margin_x)), int(h * (1 - 2 * margin_y)))
+    rect = (
+        int(w * margin_x),
+        int(h * margin_y),
+        int(w * (1 - 2 * margin_x)),
+        int(h * (1 - 2 * margin_y)),
+    )
     gc = np.zeros((h, w), np.uint8)
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
@@ -191,7 +212,11 @@ class MaskCheck:
     def __call__(self, mask: np.ndarray, path: str | Path, source: str) -> float:
         area = float((mask > 0).mean())
         if area < self.min_area or area > self.max_area:
-            what = "no garment detected" if area < self.min_area else "mask covers almost the whole photo"
+            what = (
+                "no garment detected"
+                if area < self.min_area
+                else "mask covers almost the whole photo"
+            )
             raise BadInputError(
                 path,
                 f"{what}: {source} mask covers {area:.1%} of the image "

@@ -22,7 +22,14 @@ import cv2
 import numpy as np
 
 SKIN_TONES = np.array(
-    [[255, 219, 172], [241, 194, 125], [224, 172, 105], [198, 134, 66], [141, 85, 36], [92, 56, 30]],
+    [
+        [255, 219, 172],
+        [241, 194, 125],
+        [224, 172, 105],
+        [198, 134, 66],
+        [141, 85, 36],
+        [92, 56, 30],
+    ],
     dtype=np.float32,
 )
 
@@ -53,7 +60,9 @@ class TextureConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_share <= self.max_share < 1:
-            raise ValueError(f"need 0 <= min_share <= max_share < 1, got {self.min_share}, {self.max_share}")
+            raise ValueError(
+                f"need 0 <= min_share <= max_share < 1, got {self.min_share}, {self.max_share}"
+            )
         if not 0 < self.crop_min_share <= self.crop_max_share <= 1:
             raise ValueError("need 0 < crop_min_share <= crop_max_share <= 1")
 
@@ -122,7 +131,11 @@ def occlude(
             break
         if rng.random() < cfg.p_arm:
             region = _arm(covered, rng, garment_yx) > 0
-            base = SKIN_TONES[rng.integers(len(SKIN_TONES))] if rng.random() < 0.6 else _random_colour(rng)
+            base = (
+                SKIN_TONES[rng.integers(len(SKIN_TONES))]
+                if rng.random() < 0.6
+                else _random_colour(rng)
+            )
             # Shade across the limb so it reads as a rounded object, not a flat stroke.
             shade = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, 0.02 * min(h, w)))
             colour = base[None, None, :] * (0.75 + 0.25 * shade[..., None])

@@ -53,7 +53,9 @@ def path_length_penalty(
     return penalty, lengths, new_mean
 
 
-def lazy_reg_adam_hparams(lr: float, betas: tuple[float, float], interval: int) -> tuple[float, tuple[float, float]]:
+def lazy_reg_adam_hparams(
+    lr: float, betas: tuple[float, float], interval: int
+) -> tuple[float, tuple[float, float]]:
     """Learning rate and betas adjusted for regularisation applied every ``interval`` steps.
 
     With lazy regularisation the optimizer takes ``interval / (interval + 1)``

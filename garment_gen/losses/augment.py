@@ -44,8 +44,12 @@ def augment(
         x = g * x.flip(3) + (1 - g) * x
     if translate > 0:
         g = _gate(x, p).view(b)
-        sx = (torch.randint(-int(translate * w), int(translate * w) + 1, (b,), device=dev) * g).long()
-        sy = (torch.randint(-int(translate * h), int(translate * h) + 1, (b,), device=dev) * g).long()
+        sx = (
+            torch.randint(-int(translate * w), int(translate * w) + 1, (b,), device=dev) * g
+        ).long()
+        sy = (
+            torch.randint(-int(translate * h), int(translate * h) + 1, (b,), device=dev) * g
+        ).long()
         pad = max(int(translate * h), int(translate * w), 1)
         xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         ys = (torch.arange(h, device=dev)[None, :] + pad - sy[:, None]).clamp(0, h + 2 * pad - 1)

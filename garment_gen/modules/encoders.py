@@ -143,10 +143,19 @@ class EncodersModule(pl.LightningModule):
         fake_img = self(batch["mask"], batch["texture"])
         total, terms = self.loss_fn(fake_img, batch["image"], batch["mask"])
         b = fake_img.shape[0]
-        self.log_dict({f"{prefix}/{k}": v for k, v in terms.items()}, batch_size=b, sync_dist=prefix != "train",
-                      prog_bar=False)
-        self.log(f"{prefix}/objective", terms[self.active_loss], batch_size=b, prog_bar=True,
-                 sync_dist=prefix != "train")
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in terms.items()},
+            batch_size=b,
+            sync_dist=prefix != "train",
+            prog_bar=False,
+        )
+        self.log(
+            f"{prefix}/objective",
+            terms[self.active_loss],
+            batch_size=b,
+            prog_bar=True,
+            sync_dist=prefix != "train",
+        )
         return total, fake_img
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -160,7 +169,12 @@ class EncodersModule(pl.LightningModule):
                 pred = (self.loss_fn.segmenter(fake_img) > 0).float()
                 inter = (pred * batch["mask"]).flatten(1).sum(1)
                 union = ((pred + batch["mask"]) > 0).float().flatten(1).sum(1).clamp(min=1)
-                self.log("val/shape_iou", (inter / union).mean(), batch_size=fake_img.shape[0], sync_dist=True)
+                self.log(
+                    "val/shape_iou",
+                    (inter / union).mean(),
+                    batch_size=fake_img.shape[0],
+                    sync_dist=True,
+                )
         if batch_idx == 0:
             n = min(self.hparams.n_val_images, fake_img.shape[0])
             self._val_batch = {
@@ -177,9 +191,14 @@ class EncodersModule(pl.LightningModule):
         if self._val_batch is None or not self.trainer.is_global_zero:
             return
         v = self._val_batch
-        rows = torch.stack([v["mask"].expand(-1, 3, -1, -1), v["texture"], v["generated"], v["original"]], 1)
+        rows = torch.stack(
+            [v["mask"].expand(-1, 3, -1, -1), v["texture"], v["generated"], v["original"]], 1
+        )
         arr = grid(rows.flatten(0, 1), nrow=4)
-        save_png(arr, Path(self.trainer.default_root_dir) / "val_images" / f"step{self.global_step:07d}.png")
+        save_png(
+            arr,
+            Path(self.trainer.default_root_dir) / "val_images" / f"step{self.global_step:07d}.png",
+        )
         log_image(self.loggers, "val/mask|texture|generated|original", arr, self.global_step)
         self._val_batch = None
 
@@ -203,12 +222,20 @@ class EncodersModule(pl.LightningModule):
             )
         metrics = {}
         if self._trainer is not None:
-            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+            metrics = {
+                k: float(v)
+                for k, v in self.trainer.callback_metrics.items()
+                if k.startswith("val/")
+            }
         return save_garment_model(
             Path(output_dir) / "garment_model.pt",
             self.G,
             self.encoders,
             segmenter=self.loss_fn.segmenter,
             data=data,
-            meta={"generator_file": self.hparams.generator, "loss": self.hparams.loss, "val_metrics": metrics},
+            meta={
+                "generator_file": self.hparams.generator,
+                "loss": self.hparams.loss,
+                "val_metrics": metrics,
+            },
         )

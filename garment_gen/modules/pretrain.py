@@ -66,7 +66,12 @@ def _py_state_to_list(state: tuple) -> list:
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(
-        ("MT19937", state["numpy_key"].numpy().astype(np.uint32), state["numpy_pos"], *state["numpy_gauss"])
+        (
+            "MT19937",
+            state["numpy_key"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            *state["numpy_gauss"],
+        )
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -135,17 +140,28 @@ class PretrainModule(pl.LightningModule):
         self.D = hydra.utils.instantiate(hp.discriminator, resolution=resolution)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.augment = hydra.utils.instantiate(hp.augment) if hp.augment else None
-        lcfg = {"r1_gamma": 0.1, "d_reg_interval": 16, "pl_weight": 2.0, "g_reg_interval": 4,
-                "pl_batch_shrink": 2, "pl_decay": 0.01}
+        lcfg = {
+            "r1_gamma": 0.1,
+            "d_reg_interval": 16,
+            "pl_weight": 2.0,
+            "g_reg_interval": 4,
+            "pl_batch_shrink": 2,
+            "pl_decay": 0.01,
+        }
         unknown = set(hp.loss) - set(lcfg) - {"_target_"}
         if unknown:
-            raise ValueError(f"unknown pretrain loss settings: {sorted(unknown)}; valid: {sorted(lcfg)}")
+            raise ValueError(
+                f"unknown pretrain loss settings: {sorted(unknown)}; valid: {sorted(lcfg)}"
+            )
         lcfg.update({k: v for k, v in hp.loss.items() if k in lcfg})
         self.loss_cfg = lcfg
         self.register_buffer("nimg", torch.zeros((), dtype=torch.long))
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))
         self.register_buffer("pl_mean", torch.zeros(()))
-        self.register_buffer("fixed_z", torch.randn(n_samples, self.G.z_dim, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer(
+            "fixed_z",
+            torch.randn(n_samples, self.G.z_dim, generator=torch.Generator().manual_seed(0)),
+        )
         self.realism = None  # built lazily on first validation (loads VGG weights)
         self.stop_reason: str | None = None
         if compile:
@@ -167,14 +183,24 @@ class PretrainModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        g_opt = self._make_opt(hp.g_optimizer, self.G.parameters(), self.loss_cfg["g_reg_interval"] if self.loss_cfg["pl_weight"] > 0 else 0)
-        d_opt = self._make_opt(hp.d_optimizer, self.D.parameters(), self.loss_cfg["d_reg_interval"] if self.loss_cfg["r1_gamma"] > 0 else 0)
+        g_opt = self._make_opt(
+            hp.g_optimizer,
+            self.G.parameters(),
+            self.loss_cfg["g_reg_interval"] if self.loss_cfg["pl_weight"] > 0 else 0,
+        )
+        d_opt = self._make_opt(
+            hp.d_optimizer,
+            self.D.parameters(),
+            self.loss_cfg["d_reg_interval"] if self.loss_cfg["r1_gamma"] > 0 else 0,
+        )
         return [g_opt, d_opt]
 
     @staticmethod
     def _make_opt(cfg: dict, params, reg_interval: int):
         cfg = dict(cfg)
-        lr, betas = lazy_reg_adam_hparams(cfg.pop("lr", 0.0025), tuple(cfg.pop("betas", (0.0, 0.99))), reg_interval)
+        lr, betas = lazy_reg_adam_hparams(
+            cfg.pop("lr", 0.0025), tuple(cfg.pop("betas", (0.0, 0.99))), reg_interval
+        )
         factory = hydra.utils.instantiate(cfg)
         return factory(params, lr=lr, betas=betas)
 
@@ -218,7 +244,9 @@ class PretrainModule(pl.LightningModule):
             r_logits = self.D(self._aug(real_req))
             r1 = r1_penalty(r_logits, real_req)
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(r1 * (lc["r1_gamma"] / 2) * lc["d_reg_interval"] + r_logits.mean() * 0)
+            self.manual_backward(
+                r1 * (lc["r1_gamma"] / 2) * lc["d_reg_interval"] + r_logits.mean() * 0
+            )
             opt_d.step()
             logs["train/r1"] = r1.detach()
         self.untoggle_optimizer(opt_d)
@@ -255,7 +283,9 @@ class PretrainModule(pl.LightningModule):
         logs["train/kimg"] = self.kimg
         if self.augment is not None:
             logs["train/aug_p"] = float(self.augment.p)
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, sync_dist=False, batch_size=b)
+        self.log_dict(
+            logs, prog_bar=False, on_step=True, on_epoch=False, sync_dist=False, batch_size=b
+        )
         self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=b)
 
         every = self.hparams.sample_every_n_batches
@@ -292,7 +322,9 @@ class PretrainModule(pl.LightningModule):
         arr = grid(imgs, nrow=int(np.ceil(np.sqrt(len(imgs)))))
         out = Path(self.trainer.default_root_dir) / "samples" / f"kimg{self.kimg:09.3f}.png"
         save_png(arr, out)
-        log_image(self.loggers, "samples/fixed_z", arr, int(self.batches), caption=f"kimg {self.kimg:.2f}")
+        log_image(
+            self.loggers, "samples/fixed_z", arr, int(self.batches), caption=f"kimg {self.kimg:.2f}"
+        )
         return out
 
     def on_validation_epoch_start(self) -> None:
@@ -300,7 +332,9 @@ class PretrainModule(pl.LightningModule):
         if cfg and self.realism is None:
             from garment_gen.metrics import RealismMetric
 
-            self.realism = RealismMetric(cfg.get("backend", "auto"), size=cfg.get("size", 128)).to(self.device)
+            self.realism = RealismMetric(cfg.get("backend", "auto"), size=cfg.get("size", 128)).to(
+                self.device
+            )
             log.info("realism metric during training: %s", self.realism.name)
         if self.realism is not None:
             self.realism.reset()

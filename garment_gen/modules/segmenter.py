@@ -50,7 +50,13 @@ class SegmenterModule(pl.LightningModule):
         super().__init__()
         loss = _plain(loss) or {}
         self.save_hyperparameters(
-            {"net": _plain(net), "optimizer": _plain(optimizer), "resolution": resolution, "loss": loss, "inputs": list(inputs)}
+            {
+                "net": _plain(net),
+                "optimizer": _plain(optimizer),
+                "resolution": resolution,
+                "loss": loss,
+                "inputs": list(inputs),
+            }
         )
         self.net = hydra.utils.instantiate(self.hparams.net, resolution=resolution)
         self.w_bce = float(loss.get("w_bce", 1.0))
@@ -61,7 +67,9 @@ class SegmenterModule(pl.LightningModule):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.net(img)
 
-    def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, logits: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         bce = F.binary_cross_entropy_with_logits(logits, mask)
         dice = self.dice(logits, mask)
         total = self.w_bce * bce + self.w_dice * dice
@@ -83,15 +91,30 @@ class SegmenterModule(pl.LightningModule):
         x, y = self._inputs(batch)
         logits = self(x)
         total, terms = self._loss(logits, y)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=x.shape[0], sync_dist=True)
+        self.log_dict(
+            {f"val/{k}": v for k, v in terms.items()}, batch_size=x.shape[0], sync_dist=True
+        )
         for i, key in enumerate(self.hparams.inputs):
-            self.val_iou[key].update(logits[i * b : (i + 1) * b].sigmoid(), y[i * b : (i + 1) * b].int())
+            self.val_iou[key].update(
+                logits[i * b : (i + 1) * b].sigmoid(), y[i * b : (i + 1) * b].int()
+            )
         if batch_idx == 0 and self.trainer.is_global_zero:
             n = min(8, b)
             pred = (logits[:n] > 0).float() * 2 - 1
-            panel = torch.cat([batch[self.hparams.inputs[0]][:n], pred.expand(-1, 3, -1, -1), (batch["mask"][:n] * 2 - 1).expand(-1, 3, -1, -1)])
+            panel = torch.cat(
+                [
+                    batch[self.hparams.inputs[0]][:n],
+                    pred.expand(-1, 3, -1, -1),
+                    (batch["mask"][:n] * 2 - 1).expand(-1, 3, -1, -1),
+                ]
+            )
             arr = grid(panel, nrow=n)
-            save_png(arr, Path(self.trainer.default_root_dir) / "val_images" / f"step{self.global_step:07d}.png")
+            save_png(
+                arr,
+                Path(self.trainer.default_root_dir)
+                / "val_images"
+                / f"step{self.global_step:07d}.png",
+            )
             log_image(self.loggers, "val/image|pred|target", arr, self.global_step)
 
     def on_validation_epoch_end(self) -> None:

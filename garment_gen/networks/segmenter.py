@@ -74,9 +74,18 @@ class Segmenter(nn.Module):
         """Segment one ``uint8`` RGB photo ``[H, W, 3]``; returns ``uint8`` ``{0, 255}`` ``[H, W]``."""
         device = next(self.parameters()).device
         h, w = image.shape[:2]
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+        x = (
+            torch.from_numpy(np.array(image, copy=True))
+            .permute(2, 0, 1)[None]
+            .float()
+            .div(127.5)
+            .sub(1)
+            .to(device)
+        )
         size = self.resolution
-        x_small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x_small = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         prob = torch.sigmoid(self(x_small))
         prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         return ((prob[0, 0] > threshold).to(torch.uint8) * 255).cpu().numpy()
@@ -111,7 +120,9 @@ def load_segmenter(path: str | Path, map_location: str | torch.device = "cpu") -
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise GarmentGenError(f"{path}: not a readable segmenter checkpoint ({exc.__class__.__name__})") from None
+        raise GarmentGenError(
+            f"{path}: not a readable segmenter checkpoint ({exc.__class__.__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise GarmentGenError(
             f"{path}: not a garment_gen segmenter export (expected format {FORMAT}); "

@@ -31,7 +31,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that writes each ``.ckpt`` atomically (temp file + rename)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
         atomic_torch_save(checkpoint, path)

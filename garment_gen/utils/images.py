@@ -23,7 +23,9 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """Images ``[N, C, H, W]`` in ``[-1, 1]`` -> one ``uint8`` ``[H', W', 3]`` grid."""
-    g = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=padding, pad_value=1.0)
+    g = make_grid(
+        images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=padding, pad_value=1.0
+    )
     return to_uint8(g)
 
 
@@ -42,7 +44,9 @@ def save_png(arr: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def log_image(loggers: list[Any], key: str, arr: np.ndarray, step: int, caption: str | None = None) -> None:
+def log_image(
+    loggers: list[Any], key: str, arr: np.ndarray, step: int, caption: str | None = None
+) -> None:
     """Send one ``uint8`` image to every logger that can show images (wandb, TensorBoard)."""
     for lg in loggers:
         if hasattr(lg, "log_image"):  # WandbLogger

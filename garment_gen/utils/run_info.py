@@ -13,8 +13,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = (
-    "garment-gen", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core",
-    "omegaconf", "lpips", "segmentation-models-pytorch", "albumentations", "wandb", "numpy",
+    "garment-gen",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "lpips",
+    "segmentation-models-pytorch",
+    "albumentations",
+    "wandb",
+    "numpy",
 )
 
 
@@ -22,10 +32,19 @@ def git_commit(path: Path) -> str | None:
     """The checkout's commit (with ``-dirty`` when modified), or None outside git."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

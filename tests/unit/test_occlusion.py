@@ -67,7 +67,10 @@ def test_make_texture_deterministic_and_varied(aligned):
     c = make_texture(image, mask, np.random.default_rng(8), cfg)
     assert a.dtype == np.uint8 and a.shape == image.shape
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert make_texture(image, mask, np.random.default_rng(0), TextureConfig(p_occlude=0, p_crop=0)) is not image
+    assert (
+        make_texture(image, mask, np.random.default_rng(0), TextureConfig(p_occlude=0, p_crop=0))
+        is not image
+    )
 
 
 def test_bad_texture_config():
