@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", default="outputs/demo", help="where every run folder and the final grid go"
     )
     ap.add_argument(
-        "--minutes", type=float, default=8.0, help="total training time box (split over the stages)"
+        "--minutes", type=float, default=6.5, help="total training time box (split over the stages)"
     )
     ap.add_argument("--workers", type=int, default=2, help="data loader workers")
     args = ap.parse_args(argv)
@@ -115,8 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
         + [
             "data.batch_size=16",
             "model.sample_every_n_batches=100",
-            "trainer.val_check_interval=null",
-            "trainer.check_val_every_n_epoch=null",
             "trainer.limit_val_batches=0",
         ],
         out,
