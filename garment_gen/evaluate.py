@@ -39,9 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +51,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from garment_gen.errors import GarmentGenError
+from garment_gen.utils.atomic import atomic_path
 
 log = logging.getLogger("garment_gen.evaluate")
 
@@ -345,15 +344,8 @@ def _save_grids(
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def evaluate(

@@ -11,8 +11,6 @@ inputs. It is read with ``torch.load(weights_only=True)``: no pickled code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from torch import nn
 
 from garment_gen import __version__
 from garment_gen.errors import GarmentGenError
+from garment_gen.utils.atomic import atomic_path
 
 FORMAT = "garment_gen.garment_model/1"
 
@@ -66,14 +65,8 @@ def save_garment_model(
                 }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -205,6 +205,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _stop_reason(trainer: pl.Trainer) -> str:
     for cb in trainer.callbacks:
+        if (
+            isinstance(cb, pl.callbacks.Timer)
+            and cb.time_remaining() is not None
+            and cb.time_remaining() <= 0
+        ):
+            return f"reached the time limit (trainer.max_time, {cb.time_elapsed():.0f} s)"
+    for cb in trainer.callbacks:
         reason = getattr(cb, "stopping_reason_message", None)
         if reason:
             return f"early stopping: {reason}"

@@ -8,8 +8,6 @@ names the file and the reason, so callers can skip it and go on.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from garment_gen.errors import BadInputError
+from garment_gen.utils.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -123,13 +122,5 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def save_png_atomic(arr: np.ndarray, path: str | Path) -> None:
     """Write ``arr`` (``uint8`` HxW or HxWx3) as PNG via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(arr).save(tmp, format="PNG", optimize=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")

@@ -7,8 +7,6 @@ and loaded by :func:`load_segmenter` without Lightning or Hydra.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from garment_gen.errors import GarmentGenError
+from garment_gen.utils.atomic import atomic_path
 
 FORMAT = "garment_gen.segmenter/1"
 
@@ -101,14 +100,8 @@ def export_segmenter(model: Segmenter, path: str | Path, extra: dict | None = No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -36,8 +36,6 @@ Speed notes (measured on a 2-core CPU, see ``bench/bench_stylegan2.py``):
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from garment_gen.errors import ConfigError, GarmentGenError
+from garment_gen.utils.atomic import atomic_path
 
 __all__ = [
     "Generator",
@@ -573,15 +572,8 @@ def export_generator(g: Generator, path: str | Path) -> Path:
         "kwargs": g.get_config(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in g.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

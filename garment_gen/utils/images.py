@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+
+from garment_gen.utils.atomic import atomic_path
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -32,15 +32,8 @@ def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
 def save_png(arr: np.ndarray, path: str | Path) -> Path:
     """Write ``uint8`` image atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(arr).save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path
 
 
