@@ -172,14 +172,7 @@ def _as_uint8(x: ImageLike, background: tuple[int, int, int]):
                 else ("L" if x.mode in ("1", "L") else "RGB")
             )
         )
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            alpha = arr[..., 3:4].astype(np.float32) / 255
-            arr = (
-                (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha))
-                .round()
-                .astype(np.uint8)
-            )
-        return arr, name
+        return _on_background(arr, background), name
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu().float()
         if t.ndim == 4:
@@ -204,21 +197,23 @@ def _as_uint8(x: ImageLike, background: tuple[int, int, int]):
             arr = arr.astype(np.uint8) * 255
         elif arr.dtype != np.uint8:
             arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).round().astype(np.uint8)
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            alpha = arr[..., 3:4].astype(np.float32) / 255
-            arr = (
-                (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha))
-                .round()
-                .astype(np.uint8)
-            )
-        return arr, name
+        return _on_background(arr, background), name
     raise GarmentGenError(
         f"unsupported input type {type(x).__name__}: give a path, PIL image, numpy array or tensor"
     )
 
 
-def _looks_binary(gray) -> bool:
+def _on_background(arr, background: tuple[int, int, int]):
+    """RGBA ``uint8`` -> RGB composited on ``background``; other arrays unchanged."""
+    import numpy as np
 
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = arr[..., 3:4].astype(np.float32) / 255
+        arr = (arr[..., :3] * alpha + np.asarray(background) * (1 - alpha)).round().astype(np.uint8)
+    return arr
+
+
+def _looks_binary(gray) -> bool:
     return bool(((gray <= 32) | (gray >= 223)).mean() > 0.97)
 
 
