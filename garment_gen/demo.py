@@ -172,11 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
         "segmenter": str(seg / "segmenter.pt"),
     }
     try:
-        from garment_gen.evaluate import evaluate
+        from garment_gen.evaluate import evaluate, format_table
     except ImportError:
         evaluate = None
     if evaluate is not None:
         res = evaluate(str(model), root=str(root), split="test", out=str(out / "eval_test"))
+        print(format_table(res))
         summary["metrics"] = str(out / "eval_test" / "metrics.json")
         summary["metrics_summary"] = {
             k: res["model"].get(k)
