@@ -171,19 +171,16 @@ def main(argv: list[str] | None = None) -> dict:
         "generator": str(pre / "generator.pt"),
         "segmenter": str(seg / "segmenter.pt"),
     }
-    try:
-        from garment_gen.evaluate import evaluate, format_table
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        res = evaluate(str(model), root=str(root), split="test", out=str(out / "eval_test"))
-        print(format_table(res))
-        summary["metrics"] = str(out / "eval_test" / "metrics.json")
-        summary["metrics_summary"] = {
-            k: res["model"].get(k)
-            for k in ("lpips", "shape_iou_classical", "psnr")
-            if k in res.get("model", {})
-        }
+    from garment_gen.evaluate import evaluate, format_table
+
+    res = evaluate(str(model), root=str(root), split="test", out=str(out / "eval_test"))
+    print(format_table(res))
+    summary["metrics"] = str(out / "eval_test" / "metrics.json")
+    summary["metrics_summary"] = {
+        k: res["model"].get(k)
+        for k in ("lpips", "shape_iou_classical", "psnr")
+        if k in res.get("model", {})
+    }
     summary["minutes"] = round((time.time() - t0) / 60, 1)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
