@@ -49,7 +49,7 @@ sample: install
 		resolution=64 "max_per_group={train: 32, validation: 4, test: 4}" overwrite=true
 
 bench: install
-	$(PY) bench/bench_data.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache build dist

@@ -10,10 +10,7 @@ make install >/dev/null
 PY=.venv/bin/python
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 timeout 240 $PY -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.txt" || true
-# Pretrain step: the standard 256 px config (channel_base 16384), bf16, batch 32.
-timeout 150 $PY bench/bench_stylegan2.py --device cuda --dtype bf16 --resolution 256 --batch 32 \
-  --channel-base 16384 --channel-max 512 --steps 10 --warmup 3 --json "$OUT/bench_pretrain_256.json" | tee "$OUT/bench_pretrain_256.txt" || true
-# Encoders step and batched generation on the same generator.
-timeout 120 $PY bench/bench_encoders.py --device cuda --dtype bf16 --resolution 256 --batch 32 --gen-batch 256 \
-  --channel-base 16384 --channel-max 512 --w-dim 512 --steps 10 --warmup 3 --json "$OUT/bench_encoders_256.json" | tee "$OUT/bench_encoders_256.txt" || true
+# The benchmark table at 256 px, standard config (channel_base 16384, w_dim 512), bf16, batch 32.
+timeout 300 $PY bench/run_all.py --device cuda --dtype bf16 --resolution 256 --batch 32 \
+  --channel-base 16384 --channel-max 512 --w-dim 512 --json "$OUT/bench_256_bf16.json" | tee "$OUT/bench_256_bf16.txt" || true
 echo "results in $OUT/"
