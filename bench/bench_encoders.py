@@ -21,13 +21,17 @@ from pathlib import Path
 
 import torch
 
-_spec = importlib.util.spec_from_file_location("bench_stylegan2", Path(__file__).with_name("bench_stylegan2.py"))
+_spec = importlib.util.spec_from_file_location(
+    "bench_stylegan2", Path(__file__).with_name("bench_stylegan2.py")
+)
 _sg = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sg)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gen-batch", type=int, default=64)
@@ -52,10 +56,18 @@ def main(argv: list[str] | None = None) -> dict:
     from garment_gen.networks.encoders import GarmentEncoders
     from garment_gen.networks.stylegan2 import Generator
 
-    g = Generator(args.resolution, z_dim=args.w_dim, w_dim=args.w_dim, mapping_layers=2,
-                  channel_base=args.channel_base, channel_max=args.channel_max).to(device)
+    g = Generator(
+        args.resolution,
+        z_dim=args.w_dim,
+        w_dim=args.w_dim,
+        mapping_layers=2,
+        channel_base=args.channel_base,
+        channel_max=args.channel_max,
+    ).to(device)
     g.requires_grad_(False).eval()
-    enc = GarmentEncoders.from_generator(g, base_channels=args.enc_base, max_channels=args.enc_max).to(device)
+    enc = GarmentEncoders.from_generator(
+        g, base_channels=args.enc_base, max_channels=args.enc_max
+    ).to(device)
     loss_fn = ReconstructionLoss(w_l2=1.0, w_lpips=args.w_lpips).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=1e-4)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
@@ -85,17 +97,32 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     peak = _sg.matmul_gflops(8192 if device.type == "cuda" else 4096, dtype, device)
-    for name, fn, n in (("encoders_train", train_step, args.batch), ("generate", gen_step, args.gen_batch)):
+    for name, fn, n in (
+        ("encoders_train", train_step, args.batch),
+        ("generate", gen_step, args.gen_batch),
+    ):
         flops, _ = _sg.count_flops(fn)
         times = _sg.time_calls(fn, args.steps, args.warmup, device)
         sec = sorted(times)[len(times) // 2]
-        rows[name] = {"images_per_s": n / sec, "gflop_per_image": flops / n / 1e9,
-                      "gflop_per_s": flops / sec / 1e9, "share_of_matmul": flops / sec / 1e9 / peak}
+        rows[name] = {
+            "images_per_s": n / sec,
+            "gflop_per_image": flops / n / 1e9,
+            "gflop_per_s": flops / sec / 1e9,
+            "share_of_matmul": flops / sec / 1e9 / peak,
+        }
     print(f"device={device} dtype={args.dtype} res={args.resolution} matmul={peak:.1f} GFLOP/s")
     print(f"{'phase':<16}{'img/s':>10}{'GFLOP/img':>11}{'GFLOP/s':>10}{'/matmul':>9}")
     for name, r in rows.items():
-        print(f"{name:<16}{r['images_per_s']:>10.2f}{r['gflop_per_image']:>11.2f}{r['gflop_per_s']:>10.1f}{r['share_of_matmul']:>9.2f}")
-    out = {"device": str(device), "dtype": args.dtype, "resolution": args.resolution, "matmul_gflops": peak, **rows}
+        print(
+            f"{name:<16}{r['images_per_s']:>10.2f}{r['gflop_per_image']:>11.2f}{r['gflop_per_s']:>10.1f}{r['share_of_matmul']:>9.2f}"
+        )
+    out = {
+        "device": str(device),
+        "dtype": args.dtype,
+        "resolution": args.resolution,
+        "matmul_gflops": peak,
+        **rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out
