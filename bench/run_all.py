@@ -53,30 +53,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     d = data.measure(args.data_root, None, 2, 32, 10 if args.quick else 30)
     rows.append({"row": f"data loading {d['resolution']} px", "img_per_s": d["triples_per_s"]})
 
-    sg = _load("bench_stylegan2").main(
-        [
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-            "--resolution",
-            str(args.resolution),
-            "--batch",
-            str(args.batch),
-            "--channel-base",
-            str(args.channel_base),
-            "--channel-max",
-            str(args.channel_max),
-            "--z-dim",
-            str(args.w_dim),
-            "--w-dim",
-            str(args.w_dim),
-            "--steps",
-            steps,
-            "--warmup",
-            warmup,
-        ]
-    )
+    # Arguments both network benchmarks share: one generator config, one device and precision.
+    shared = ["--device", args.device, "--dtype", args.dtype, "--resolution", str(args.resolution),
+              "--batch", str(args.batch), "--channel-base", str(args.channel_base),
+              "--channel-max", str(args.channel_max), "--w-dim", str(args.w_dim), "--steps", steps,
+              "--warmup", warmup]  # fmt: skip
+    sg = _load("bench_stylegan2").main([*shared, "--z-dim", str(args.w_dim)])
     for r in sg["rows"]:
         rows.append(
             {
@@ -87,28 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "share_of_matmul": r["ratio_to_matmul"],
             }
         )
-    enc = _load("bench_encoders").main(
-        [
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-            "--resolution",
-            str(args.resolution),
-            "--batch",
-            str(args.batch),
-            "--channel-base",
-            str(args.channel_base),
-            "--channel-max",
-            str(args.channel_max),
-            "--w-dim",
-            str(args.w_dim),
-            "--steps",
-            steps,
-            "--warmup",
-            warmup,
-        ]
-    )
+    enc = _load("bench_encoders").main(shared)
     for name in ("encoders_train", "generate"):
         r = enc[name]
         rows.append(

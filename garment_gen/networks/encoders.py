@@ -252,12 +252,11 @@ class ConvEncoder(nn.Module):
         )
 
 
-class ShapeEncoder(ConvEncoder):
-    """Encoder of the garment mask: float ``{0, 1}`` ``[B, 1, R, R]`` -> ``[B, num_ws, w_dim]``.
+class _FixedInputEncoder(ConvEncoder):
+    """A :class:`ConvEncoder` whose input channels are fixed by the subclass."""
 
-    Heads keep a ``pool_size x pool_size`` (default 4x4) layout, so where the garment's parts
-    are reaches the styles. Other args as :class:`ConvEncoder`.
-    """
+    IN_CHANNELS = 0
+    DEFAULT_POOL = 1
 
     def __init__(
         self,
@@ -267,18 +266,18 @@ class ShapeEncoder(ConvEncoder):
         num_layers: int | None = None,
         base_channels: int = 32,
         max_channels: int = 256,
-        pool_size: int = 4,
+        pool_size: int | None = None,
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
     ) -> None:
         super().__init__(
-            in_channels=1,
+            in_channels=self.IN_CHANNELS,
             num_ws=num_ws,
             w_dim=w_dim,
             resolution=resolution,
             num_layers=num_layers,
             base_channels=base_channels,
             max_channels=max_channels,
-            pool_size=pool_size,
+            pool_size=self.DEFAULT_POOL if pool_size is None else pool_size,
             head_init_std=head_init_std,
         )
 
@@ -288,7 +287,18 @@ class ShapeEncoder(ConvEncoder):
         return config
 
 
-class TextureEncoder(ConvEncoder):
+class ShapeEncoder(_FixedInputEncoder):
+    """Encoder of the garment mask: float ``{0, 1}`` ``[B, 1, R, R]`` -> ``[B, num_ws, w_dim]``.
+
+    Heads keep a ``pool_size x pool_size`` (default 4x4) layout, so where the garment's parts
+    are reaches the styles. Other args as :class:`ConvEncoder`.
+    """
+
+    IN_CHANNELS = 1
+    DEFAULT_POOL = 4
+
+
+class TextureEncoder(_FixedInputEncoder):
     """Encoder of the texture image: float ``[-1, 1]`` ``[B, 3, R, R]`` -> ``[B, num_ws, w_dim]``.
 
     Heads pool globally (``pool_size=1``): the texture image is not aligned with the garment
@@ -296,33 +306,8 @@ class TextureEncoder(ConvEncoder):
     :class:`ConvEncoder`.
     """
 
-    def __init__(
-        self,
-        num_ws: int,
-        w_dim: int,
-        resolution: int,
-        num_layers: int | None = None,
-        base_channels: int = 32,
-        max_channels: int = 256,
-        pool_size: int = 1,
-        head_init_std: float = _DEFAULT_HEAD_INIT_STD,
-    ) -> None:
-        super().__init__(
-            in_channels=3,
-            num_ws=num_ws,
-            w_dim=w_dim,
-            resolution=resolution,
-            num_layers=num_layers,
-            base_channels=base_channels,
-            max_channels=max_channels,
-            pool_size=pool_size,
-            head_init_std=head_init_std,
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["in_channels"]
-        return config
+    IN_CHANNELS = 3
+    DEFAULT_POOL = 1
 
 
 class GarmentEncoders(nn.Module):
