@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from garment_gen.networks.ops import set_cpu_fast_path
 from garment_gen.networks.stylegan2 import Discriminator, Generator
 
 
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile", action="store_true", help="torch.compile G.synthesis, G.mapping_net and D"
     )
     p.add_argument("--fused-modconv", default="auto", choices=["auto", "on", "off"])
+    p.add_argument(
+        "--plain-conv",
+        action="store_true",
+        help="CPU: PyTorch's own conv backward instead of the im2col weight gradient (for comparison)",
+    )
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-infer", action="store_true")
     p.add_argument(
@@ -145,9 +151,17 @@ def tune_glibc_malloc() -> bool:
 
 
 def count_flops(fn) -> tuple[int, dict[str, int]]:
-    """Total FLOPs of one call of ``fn`` and their split by op (conv vs matmul...)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    """Total FLOPs of one call of ``fn`` and their split by op (conv vs matmul...).
+
+    Counted with PyTorch's own conv backward (the CPU fast path's chunked
+    ``addmm_`` is invisible to the counter): the same FLOPs, the model's nominal count.
+    """
+    old = set_cpu_fast_path(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        set_cpu_fast_path(old)
     by_op: dict[str, int] = defaultdict(int)
     for op, n in counter.get_flop_counts().get("Global", {}).items():
         by_op[str(op).split(".")[1] if str(op).count(".") >= 1 else str(op)] += n
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
+    set_cpu_fast_path(not args.plain_conv)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # compare like with like: true fp32

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from garment_gen.errors import ConfigError, GarmentGenError
+from garment_gen.networks.ops import conv2d, conv_transpose2d
 from garment_gen.utils.atomic import atomic_path
 
 __all__ = [
@@ -121,8 +122,22 @@ def _upsample_matrix(n_in: int, gain: float) -> torch.Tensor:
     return m.float()
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _fir2d(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
-    """Apply the separable filter ``mat`` (``[n_out, n_in]``) to both spatial axes of NCHW ``x``."""
+    """Apply the separable filter ``mat`` (``[n_out, n_in]``) to both spatial axes of ``x``.
+
+    NCHW ``x``: two matmuls on the trailing axes. Channels-last ``x`` (the CPU
+    training layout, see :mod:`garment_gen.networks.ops`): the same two matmuls on
+    the NHWC view, so the result stays channels-last without a layout copy.
+    """
+    if _is_channels_last(x):
+        b, c, h, w = x.shape
+        y = torch.matmul(mat, x.permute(0, 2, 3, 1).reshape(b * h, w, c))  # along W
+        y = torch.matmul(mat, y.reshape(b, h, -1))  # along H
+        return y.view(b, mat.shape[0], mat.shape[0], c).permute(0, 3, 1, 2)
     x = torch.matmul(x, mat.t())  # along W
     return torch.matmul(mat, x)  # along H (mat broadcasts over N, C)
 
@@ -242,10 +257,10 @@ class ModulatedConv(nn.Module):
         else:
             x = x * (styles * self.in_gain)[:, :, None, None]
             if self.up:
-                x = F.conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)
+                x = conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)
                 x = _fir2d(x, self.blur)
             else:
-                x = F.conv2d(x, self.weight, padding=1)
+                x = conv2d(x, self.weight, padding=1)
             x = torch.addcmul(self.bias.view(1, -1, 1, 1), x, dcoefs[:, :, None, None])
         if noise_mode == "random":
             noise = torch.randn(
@@ -283,8 +298,13 @@ class ToRGB(nn.Module):
         b, c, h, wd = x.shape
         styles = self.affine(w) * self.scale  # [B, C]
         weight = self.weight.unsqueeze(0) * styles.unsqueeze(1)  # [B, img, C]
-        out = torch.baddbmm(self.bias.view(1, -1, 1), weight, x.reshape(b, c, h * wd))
-        out = out.reshape(b, -1, h, wd)
+        if _is_channels_last(x):
+            xn = x.permute(0, 2, 3, 1).reshape(b, h * wd, c)  # a view
+            out = torch.baddbmm(self.bias.view(1, 1, -1), xn, weight.transpose(1, 2))
+            out = out.view(b, h, wd, -1).permute(0, 3, 1, 2)
+        else:
+            out = torch.baddbmm(self.bias.view(1, -1, 1), weight, x.reshape(b, c, h * wd))
+            out = out.reshape(b, -1, h, wd)
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)
         return out
@@ -657,11 +677,11 @@ class EqualConv2d(nn.Module):
         if self.down:
             x = _fir2d(x, self.blur)
             if self.kernel_size == 1:
-                x = F.conv2d(x, weight, self.bias)
+                x = conv2d(x, weight, self.bias)
             else:
-                x = F.conv2d(x, weight, self.bias, stride=2)
+                x = conv2d(x, weight, self.bias, stride=2)
         else:
-            x = F.conv2d(x, weight, self.bias, padding=self.kernel_size // 2)
+            x = conv2d(x, weight, self.bias, padding=self.kernel_size // 2)
         if self.activation == "lrelu":
             x = _lrelu_(x, self.conv_clamp)
         return x
