@@ -7,7 +7,9 @@
 3. trains the segmenter (time-boxed);
 4. fits the shape and texture encoders on the frozen generator, with the shape loss;
 5. generates a shape x texture grid from the sample's test garments and evaluates
-   the model on the test split next to the paste baseline.
+   the model on the test split next to the paste baseline;
+6. when the package ships a reference model (``GarmentGenerator.from_pretrained``), draws
+   the same grid with it (``reference_grid.png``) for comparison.
 
 A short CPU run gives rough, blurry garments: it shows the pipeline works end to
 end. Train on a GPU for real results (README, "Training properly").
@@ -21,56 +23,37 @@ import logging
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
-from garment_gen import conf_dir, sample_dir
-from garment_gen.data.dataset import read_dataset_meta, read_manifest
+from garment_gen import sample_dir
+from garment_gen.data.dataset import read_dataset_meta
+from garment_gen.timebox import run_stage
 
 log = logging.getLogger("garment_gen.demo")
 
 
-def _hms(seconds: float) -> str:
-    seconds = max(1, int(seconds))
-    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def reference_grid(root: Path, path: Path, name: str = "reference") -> str | None:
+    """Write the shape x texture grid of ``root``'s test garments drawn by the shipped model ``name``.
 
+    Returns the grid's path, or None (after one line saying so) when no such model is shipped.
+    """
+    from garment_gen.generate import split_grid
+    from garment_gen.inference import GarmentGenerator, available_pretrained, pretrained_path
+    from garment_gen.utils.images import save_png
 
-def run_stage(stage: str, overrides: list[str], log_dir: Path, seconds: float) -> Path:
-    """Compose and run one training stage like the CLI would; returns its run folder."""
-    from garment_gen.train import train
-
-    run_dir = log_dir / stage / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"stage={stage}",
-                f"paths.log_dir={log_dir}",
-                f"trainer.max_time={_hms(seconds)}",
-                *overrides,
-            ],
-            return_hydra_config=True,
+    if name not in available_pretrained():
+        print(
+            f"no shipped reference model ({pretrained_path(name)} is absent): skipping its grid; "
+            "scripts/train_reference.sh trains one on a GPU"
         )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    t0 = time.time()
-    log.info("== stage %s (time box %.0f s)", stage, seconds)
-    metrics = train(cfg)
+        return None
+    gen = GarmentGenerator.from_pretrained(name)
+    grid_path = save_png(split_grid(gen, root, "test"), path)
     log.info(
-        "== stage %s done in %.0f s: %s",
-        stage,
-        time.time() - t0,
-        ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val/")),
+        "reference model %r (%s): grid of the test garments in %s",
+        name,
+        gen.meta.get("reference", {}).get("device_name", "?"),
+        grid_path,
     )
-    GlobalHydra.instance().clear()
-    return run_dir
+    return str(grid_path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,25 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     model = enc / "garment_model.pt"
 
     # 5. generate a grid from the test split's garments, then evaluate.
-    from garment_gen.generate import generate_combinations, labelled_grid
+    from garment_gen.generate import split_grid
     from garment_gen.inference import GarmentGenerator
     from garment_gen.utils.images import save_png
 
-    rows = read_manifest(root, "test")
-    shapes = [root / "masks" / f"{r['id']}.png" for r in rows[0:32:8]]
-    textures = [root / "images" / f"{r['id']}.png" for r in rows[3:32:6]]
     gen = GarmentGenerator.from_checkpoint(model)
-    masks, texs, imgs = generate_combinations(gen, shapes, textures, progress=False)
-    grid_path = save_png(
-        labelled_grid(
-            masks,
-            texs,
-            imgs,
-            [r["label"] for r in rows[0:32:8]],
-            [r["label"] for r in rows[3:32:6]],
-        ),
-        out / "grid.png",
-    )
+    grid_path = save_png(split_grid(gen, root, "test"), out / "grid.png")
     summary = {
         "model": str(model),
         "grid": str(grid_path),
@@ -178,9 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary["metrics"] = str(out / "eval_test" / "metrics.json")
     summary["metrics_summary"] = {
         k: res["model"].get(k)
-        for k in ("lpips", "shape_iou_classical", "psnr")
+        for k in ("lpips", "iou_classical", "psnr")
         if k in res.get("model", {})
     }
+    # 6. the same grid from the reference model shipped with the package, when there is one.
+    summary["reference_grid"] = reference_grid(root, out / "reference_grid.png")
     summary["minutes"] = round((time.time() - t0) / 60, 1)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
@@ -194,6 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"  segmenter : {summary['segmenter']}",
             ]
             + ([f"  test metrics : {summary['metrics']}"] if "metrics" in summary else [])
+            + (
+                [f"  reference model's grid : {summary['reference_grid']}"]
+                if summary["reference_grid"]
+                else []
+            )
             + [
                 "  Note: a few minutes on a CPU give rough garments; see README 'Training properly' for GPU training."
             ]

@@ -371,11 +371,13 @@ def evaluate(
     """Score a garment model and the paste baseline on one split; returns the ``metrics.json`` dict.
 
     Args:
-        model: ``garment_model.pt`` path, or a loaded ``GarmentGenerator`` (then nothing is
-            written unless ``out`` is given).
+        model: ``garment_model.pt`` path, ``pretrained:NAME`` (a model shipped with the
+            package), or a loaded ``GarmentGenerator`` (then nothing is written unless ``out``
+            is given).
         root: prepared dataset folder; None = the bundled sample.
         split: ``train``, ``validation`` or ``test``.
-        out: folder for ``metrics.json`` and the PNG grids; None = ``<model folder>/eval_<split>``.
+        out: folder for ``metrics.json`` and the PNG grids; None = ``<model folder>/eval_<split>``
+            (``outputs/eval_<NAME>_<split>`` for ``pretrained:NAME``).
         device: ``cpu``, ``cuda``, ``cuda:1`` ... (a loaded model keeps its own device).
         num_pairs: cross-combination pairs (seeded by ``seed``).
         realism: ``auto`` (FID if Inception is available, else FD-VGG, with a warning),
@@ -398,7 +400,7 @@ def evaluate(
     Raises:
         GarmentGenError: missing or wrong model file, missing dataset, empty split, bad option.
     """
-    from garment_gen.inference import GarmentGenerator
+    from garment_gen.inference import PRETRAINED_PREFIX, GarmentGenerator, resolve_model_file
 
     if realism not in REALISM_BACKENDS:
         raise GarmentGenError(f"realism={realism}: must be one of {', '.join(REALISM_BACKENDS)}")
@@ -412,8 +414,11 @@ def evaluate(
     else:
         gen, model_file = (
             GarmentGenerator.from_checkpoint(model, device=device),
-            str(Path(model).resolve()),
+            str(resolve_model_file(model).resolve()),
         )
+        if out is None and str(model).startswith(PRETRAINED_PREFIX):
+            # Not beside the file: a shipped model lives inside the installed package.
+            out = Path("outputs") / f"eval_{str(model)[len(PRETRAINED_PREFIX) :]}_{split}"
     dev = gen.device
     # Imported only now, so that a wrong model path fails fast (torchmetrics and lpips load slowly).
     from torchmetrics.functional.image import (

@@ -112,6 +112,10 @@ def _require(package: str, why: str) -> None:
 
 
 def _default_out(model_path: str, fmt: str) -> Path:
+    from garment_gen.inference import PRETRAINED_PREFIX
+
+    if model_path.startswith(PRETRAINED_PREFIX):  # shipped inside the package: write here instead
+        return Path(f"{model_path[len(PRETRAINED_PREFIX) :]}_garment_model{_SUFFIX[fmt]}")
     p = Path(model_path)
     return p.with_name(p.stem + _SUFFIX[fmt])
 

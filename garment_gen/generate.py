@@ -120,6 +120,45 @@ def generate_combinations(
     return masks.cpu(), texs.cpu(), out
 
 
+def split_grid(
+    gen: GarmentGenerator,
+    root: str | Path,
+    split: str = "test",
+    n_shapes: int = 4,
+    n_textures: int = 5,
+    labels: bool = True,
+) -> np.ndarray:
+    """Shape x texture grid of a prepared dataset's garments (see :func:`labelled_grid`).
+
+    Shapes are the masks of ``n_shapes`` garments spread over the first 32 of the split;
+    textures are the images of ``n_textures`` others (the same picks for every model, so
+    grids of two models compare cell by cell). Returns ``uint8`` ``[H, W, 3]``.
+    """
+    from garment_gen.data.dataset import read_manifest
+
+    root = Path(root)
+    rows = read_manifest(root, split)
+    if not rows:
+        raise GarmentGenError(f"split={split}: no samples in {root} (see its manifest.csv)")
+    pool = rows[:32]
+    shape_rows = pool[:: max(1, len(pool) // n_shapes)][:n_shapes]
+    texture_rows = pool[min(3, len(pool) - 1) :: max(1, len(pool) // n_textures)][:n_textures]
+    masks, texs, imgs = generate_combinations(
+        gen,
+        [root / "masks" / f"{r['id']}.png" for r in shape_rows],
+        [root / "images" / f"{r['id']}.png" for r in texture_rows],
+        progress=False,
+    )
+    return labelled_grid(
+        masks,
+        texs,
+        imgs,
+        [r["label"] for r in shape_rows],
+        [r["label"] for r in texture_rows],
+        labels,
+    )
+
+
 def run(
     model: str,
     shape: str,
@@ -131,7 +170,11 @@ def run(
     batch_size: int = 32,
     labels: bool = True,
 ) -> dict[str, Any]:
-    """Generate one pair or every combination; returns ``{"images": [...], "grid": path or None}``."""
+    """Generate one pair or every combination; returns ``{"images": [...], "grid": path or None}``.
+
+    ``model`` is a ``garment_model.pt`` path or ``pretrained:NAME`` for a model shipped with
+    the package (:func:`garment_gen.inference.available_pretrained`).
+    """
     shape_files = list_images(shape, "shape")
     texture_files = list_images(texture, "texture")
     gen = GarmentGenerator.from_checkpoint(model, device=device)

@@ -7,6 +7,11 @@ inputs. It is read with ``torch.load(weights_only=True)``: no pickled code.
     from garment_gen.inference import GarmentGenerator
     gen = GarmentGenerator.from_checkpoint("garment_model.pt")
     images = gen.generate(shape="coat_mask.png", texture="stars_tshirt.jpg")
+
+Models shipped inside the package (``garment_gen/assets/models/<name>/garment_model.pt``,
+with a ``model_card.md`` beside it, written by ``scripts/train_reference.sh``) load by name:
+``GarmentGenerator.from_pretrained("reference")``, or ``pretrained:reference`` wherever a
+model path is expected (``python -m garment_gen.generate model=pretrained:reference ...``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,50 @@ from garment_gen.errors import GarmentGenError
 from garment_gen.utils.atomic import atomic_path
 
 FORMAT = "garment_gen.garment_model/1"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "assets" / "models"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+# ----------------------------------------------------------------------------- shipped models
+
+
+def pretrained_path(name: str) -> Path:
+    """Where the shipped model ``name`` lives: ``garment_gen/assets/models/<name>/garment_model.pt``."""
+    return PRETRAINED_DIR / name / "garment_model.pt"
+
+
+def available_pretrained() -> list[str]:
+    """Names of the garment models shipped with the package (sorted; empty when none is)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/garment_model.pt") if p.is_file())
+
+
+def resolve_model_file(model: str | Path) -> Path:
+    """A model argument -> its file: ``pretrained:NAME`` -> the shipped model's file, a path as is.
+
+    Raises:
+        GarmentGenError: an unknown or missing shipped model, naming those available and how
+            to train one.
+    """
+    spec = str(model)
+    if not spec.startswith(PRETRAINED_PREFIX):
+        return Path(model)
+    name = spec[len(PRETRAINED_PREFIX) :]
+    names = available_pretrained()
+    if name in names:
+        return pretrained_path(name)
+    have = (
+        f"available: {', '.join(names)}"
+        if names
+        else f"none is shipped with this installation ({PRETRAINED_DIR} holds no garment_model.pt)"
+    )
+    raise GarmentGenError(
+        f"no pretrained garment model {name!r}; {have}. Train one on a GPU machine with "
+        f"`scripts/train_reference.sh --data DATASET --out {PRETRAINED_DIR / (name or 'NAME')}` "
+        "(README, 'Reference model'), or load your own file with "
+        "GarmentGenerator.from_checkpoint(PATH)"
+    )
 
 
 def _module_payload(module: nn.Module) -> dict[str, Any]:
@@ -31,6 +80,28 @@ def _module_payload(module: nn.Module) -> dict[str, Any]:
     }
 
 
+def _cast_state(
+    sd: dict[str, torch.Tensor], dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Floating-point tensors of ``sd`` cast to ``dtype``; returns ``(state, names kept as is)``.
+
+    A tensor with values beyond the narrower type's range (float16 ends at 65504) keeps its
+    own dtype rather than turning into infinities.
+    """
+    out, kept = {}, []
+    for k, v in sd.items():
+        if not v.is_floating_point() or v.dtype == dtype:
+            out[k] = v
+            continue
+        cast = v.to(dtype)
+        if bool((torch.isfinite(v) & ~torch.isfinite(cast)).any()):
+            out[k] = v
+            kept.append(k)
+        else:
+            out[k] = cast
+    return out, kept
+
+
 def save_garment_model(
     path: str | Path,
     generator: nn.Module,
@@ -38,14 +109,16 @@ def save_garment_model(
     segmenter: nn.Module | None = None,
     data: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
-    half: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``garment_model.pt`` atomically.
 
     Args:
         data: alignment settings (``resolution``, ``margin``, ``background``).
         meta: free-form run information (kimg, metrics, config).
-        half: store floating-point weights as fp16 (smaller file; loaded back as fp32).
+        dtype: store floating-point weights in this type, e.g. ``torch.float16`` for a file half
+            the size (None keeps float32). :func:`load_garment_model` always returns float32
+            modules. Tensors whose values do not fit the type stay float32.
     """
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -55,14 +128,17 @@ def save_garment_model(
         "segmenter": _module_payload(segmenter) if segmenter is not None else None,
         "data": dict(data or {}),
         "meta": dict(meta or {}),
+        "weights_dtype": str(dtype or torch.float32).removeprefix("torch."),
     }
-    if half:
+    if dtype is not None and dtype != torch.float32:
+        if not dtype.is_floating_point:
+            raise GarmentGenError(f"dtype={dtype}: weights can only be stored as a float type")
         for key in ("generator", "encoders", "segmenter"):
             if payload[key] is not None:
-                sd = payload[key]["state_dict"]
-                payload[key]["state_dict"] = {
-                    k: v.half() if v.is_floating_point() else v for k, v in sd.items()
-                }
+                state, kept = _cast_state(payload[key]["state_dict"], dtype)
+                payload[key]["state_dict"] = state
+                if kept:
+                    payload.setdefault("kept_float32", []).extend(f"{key}.{k}" for k in kept)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -79,6 +155,9 @@ def load_garment_model(
 ) -> dict[str, Any]:
     """Read ``garment_model.pt``; returns ``{generator, encoders, segmenter, data, meta}`` (modules in eval).
 
+    ``path`` may also be ``pretrained:NAME`` (see :func:`resolve_model_file`). Weights stored
+    in float16 (``save_garment_model(..., dtype=torch.float16)``) come back as float32.
+
     Raises:
         GarmentGenError: missing file, or a file that is not a garment model of this version
             (e.g. ``generator.pt`` or ``segmenter.pt`` given by mistake), each with what to do.
@@ -87,7 +166,7 @@ def load_garment_model(
     from garment_gen.networks.segmenter import Segmenter
     from garment_gen.networks.stylegan2 import Generator
 
-    path = Path(path)
+    path = resolve_model_file(path)
     if not path.is_file():
         raise GarmentGenError(f"{path}: model file not found")
     try:
@@ -220,7 +299,8 @@ def _looks_binary(gray) -> bool:
 class GarmentGenerator:
     """A trained garment model ready to generate.
 
-    Build with :meth:`from_checkpoint`. :meth:`generate` takes a shape (a mask,
+    Build with :meth:`from_checkpoint` (a file) or :meth:`from_pretrained` (a model shipped
+    with the package). :meth:`generate` takes a shape (a mask,
     or a garment photo whose mask is found by the bundled segmenter, else the
     classical method) and a texture (a garment photo, occluded or not, or a
     fabric swatch); both are aligned exactly as the training data was.
@@ -249,7 +329,7 @@ class GarmentGenerator:
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device = "cpu"
     ) -> GarmentGenerator:
-        """Load ``garment_model.pt`` (see :func:`load_garment_model`)."""
+        """Load ``garment_model.pt``, or ``pretrained:NAME`` (see :func:`load_garment_model`)."""
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise GarmentGenError(
                 f"device={device}: CUDA is not available on this machine; use device=cpu"
@@ -258,6 +338,17 @@ class GarmentGenerator:
         return cls(
             m["generator"], m["encoders"], m["segmenter"], m["data"], device=device, meta=m["meta"]
         )
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str = "reference", device: str | torch.device = "cpu"
+    ) -> GarmentGenerator:
+        """Load a model shipped with the package by name (:func:`available_pretrained`).
+
+        Its ``model_card.md`` (data, training, test metrics, licence) lies beside the file,
+        :func:`pretrained_path`. Raises :class:`GarmentGenError` for an unknown name.
+        """
+        return cls.from_checkpoint(f"{PRETRAINED_PREFIX}{name}", device=device)
 
     # ------------------------------------------------------------------ input alignment
 

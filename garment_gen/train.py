@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +177,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
             {f"initial/{k}": v for k, v in _float_metrics(first[0] if first else {}).items()}
         )
     if cfg.get("train", True):
+        t_fit = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_seconds = time.perf_counter() - t_fit
         metrics.update(_float_metrics(trainer.callback_metrics))
         stop_reason = getattr(module, "stop_reason", None) or _stop_reason(trainer)
         log.info("training ended: %s", stop_reason)
-        metrics_note = {"stop_reason": stop_reason}
+        metrics_note = {
+            "stop_reason": stop_reason,
+            # Training loop time (Lightning's timer when max_time is set, else all of fit) and
+            # optimizer steps: throughput without the set-up and export around them.
+            "train_seconds": round(_train_seconds(trainer, fit_seconds), 3),
+            "global_step": int(trainer.global_step),
+        }
     else:
         metrics_note = {}
     if cfg.get("export", True) and hasattr(module, "export"):
@@ -201,6 +210,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             json.dumps({**metrics, **metrics_note}, indent=2) + "\n"
         )
     return metrics
+
+
+def _train_seconds(trainer: pl.Trainer, fallback: float) -> float:
+    for cb in trainer.callbacks:
+        if isinstance(cb, pl.callbacks.Timer) and cb.time_elapsed("train") > 0:
+            return float(cb.time_elapsed("train"))
+    return fallback
 
 
 def _stop_reason(trainer: pl.Trainer) -> str:
