@@ -200,7 +200,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
         metrics.update(_float_metrics(trainer.callback_metrics))
-    monitor = cfg.get("optimized_metric") or cfg.get("monitor")
+    optimized = cfg.get("optimized_metric")
+    if optimized and optimized not in metrics and cfg.get("train", True):
+        # A sweeper needs the metric even when the run stopped before its first validation
+        # (short trials, max_steps below the validation interval): validate the final model.
+        log.info("%s was not computed during training; validating the final model", optimized)
+        final = trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics.update(_float_metrics(final[0] if final else {}))
+        if optimized not in metrics:
+            raise ConfigError(
+                f"optimized_metric={optimized} was not logged by stage {cfg.stage_name!r}; "
+                f"it logs: {', '.join(sorted(k for k in metrics if '/' in k)) or 'nothing'}"
+            )
+    monitor = optimized or cfg.get("monitor")
     if monitor and monitor in metrics:
         metrics["objective"] = metrics[monitor]
     if trainer.is_global_zero:

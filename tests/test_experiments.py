@@ -156,3 +156,55 @@ def test_wandb_without_key_or_offline_says_both_ways_out(tmp_path):
     assert res.returncode == 2
     err = res.stderr.strip().splitlines()[-1]
     assert "wandb login" in err and "WANDB_MODE=offline" in err
+
+
+def test_optuna_search_runs_trials_and_reports_the_best(tmp_path, tiny_generator):
+    """hparams_search=encoders_optuna runs for real: each trial trains, returns val/lpips,
+    and the sweeper's result names the best trial's value."""
+    import yaml
+
+    from tests.conftest import TINY_ENCODERS
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "garment_gen.train",
+        "stage=encoders",
+        "hparams_search=encoders_optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *TINY_ENCODERS,
+        f"model.generator={tiny_generator}",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        f"paths.log_dir={tmp_path}",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep_dirs = list((tmp_path / "encoders" / "multiruns").glob("*"))
+    assert len(sweep_dirs) == 1
+    jobs = sorted(sweep_dirs[0].glob("*/metrics.json"))
+    assert len(jobs) == 3
+    values, w_lpips = [], set()
+    for job in jobs:
+        metrics = json.loads(job.read_text())
+        values.append(metrics["val/lpips"])
+        cfg_text = (job.parent / "config_resolved.yaml").read_text()
+        w_lpips.add([ln for ln in cfg_text.splitlines() if "w_lpips:" in ln][0])
+    assert len(w_lpips) == 3  # the sampler proposed different weights
+    result = yaml.safe_load((sweep_dirs[0] / "optimization_results.yaml").read_text())
+    assert result["best_value"] == min(values)
+    assert set(result["best_params"]) == {"loss.w_l2", "loss.w_lpips", "loss.threshold_first"}
+
+
+def test_unknown_optimized_metric_is_a_clear_error(tmp_path):
+    import pytest
+
+    from garment_gen.errors import ConfigError
+    from garment_gen.train import train
+
+    cfg = compose_config(
+        TINY + ["data.batch_size=4", "optimized_metric=val/nope"], tmp_path / "run", tmp_path
+    )
+    with pytest.raises(ConfigError, match="optimized_metric=val/nope was not logged"):
+        train(cfg)
