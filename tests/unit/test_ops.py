@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from garment_gen.networks import ops
 from garment_gen.networks.stylegan2 import Discriminator, Generator, ToRGB, _fir2d, _fir_matrix
 
+
+@pytest.fixture(autouse=True)
+def _small_convs_take_the_fast_path(monkeypatch):
+    """These tests use a few channels; the networks send only >= 256-channel convs."""
+    monkeypatch.setattr(ops, "FAST_MIN_CHANNELS", 1)
+
+
 CASES = [
     # (name, in_ch, out_ch, size, kernel, stride, padding, transposed, bias)
     ("3x3", 5, 7, 9, 3, 1, 1, False, True),
@@ -50,10 +57,13 @@ def _tensors(cin, cout, size, k, transposed, bias, batch=3):
 
 
 @pytest.mark.parametrize(
-    "chunk_bytes", [ops.IM2COL_CHUNK_BYTES, 1], ids=["one-chunk", "per-sample"]
+    "min_columns,chunk_bytes",
+    [(1, ops.IM2COL_CHUNK_BYTES), (1, 1), (10**9, ops.IM2COL_CHUNK_BYTES)],
+    ids=["im2col-one-chunk", "im2col-per-sample", "onednn-weight-grad"],
 )
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_fast_path_matches_pytorch(case, chunk_bytes, monkeypatch) -> None:
+def test_fast_path_matches_pytorch(case, min_columns, chunk_bytes, monkeypatch) -> None:
+    monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     monkeypatch.setattr(ops, "IM2COL_CHUNK_BYTES", chunk_bytes)
     _, cin, cout, size, k, stride, padding, transposed, bias = case
     x, w, b = _tensors(cin, cout, size, k, transposed, bias)
@@ -77,7 +87,7 @@ def test_only_the_needed_gradients_are_computed() -> None:
     torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-4)
 
 
-def test_plain_ops_outside_cpu_training() -> None:
+def test_plain_ops_outside_cpu_training(monkeypatch) -> None:
     x, w, b = _tensors(4, 6, 8, 3, False, True)
     w.requires_grad_()
     with torch.no_grad():
@@ -89,10 +99,14 @@ def test_plain_ops_outside_cpu_training() -> None:
         assert ops.conv2d(x, w, b, padding=1).grad_fn.name() == "ConvolutionBackward0"
     finally:
         ops.set_cpu_fast_path(old)
+    monkeypatch.setattr(ops, "FAST_MIN_CHANNELS", 8)  # narrower convs stay plain
+    assert ops.conv2d(x, w, b, padding=1).grad_fn.name() == "ConvolutionBackward0"
 
 
-def test_double_backward_matches_pytorch() -> None:
+@pytest.mark.parametrize("min_columns", [1, 10**9], ids=["im2col", "onednn-weight-grad"])
+def test_double_backward_matches_pytorch(min_columns, monkeypatch) -> None:
     """R1 and path length differentiate through gradients: the fast path must support it."""
+    monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     x, w, b = _tensors(4, 6, 8, 3, False, True)
     results = []
     for fn in _fns(1, 1, False):
@@ -125,8 +139,10 @@ def test_torgb_channels_last_matches_nchw() -> None:
     )
 
 
-def test_gan_step_gradients_agree_with_plain_pytorch() -> None:
+@pytest.mark.parametrize("min_columns", [1, 10**9], ids=["im2col", "onednn-weight-grad"])
+def test_gan_step_gradients_agree_with_plain_pytorch(min_columns, monkeypatch) -> None:
     """G loss, D loss and D's R1 penalty give the same parameter gradients on both paths."""
+    monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     kw = dict(channel_base=256, channel_max=16)
     torch.manual_seed(0)
     G = Generator(32, z_dim=16, w_dim=16, mapping_layers=2, style_mixing_prob=0.0, **kw)
