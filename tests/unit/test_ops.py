@@ -16,9 +16,32 @@ def _small_convs_take_the_fast_path(monkeypatch):
     monkeypatch.setattr(ops, "FAST_MIN_CHANNELS", 1)
 
 
+@pytest.fixture(params=["winograd", "direct"])
+def winograd(request, monkeypatch) -> bool:
+    """Run a test with Winograd on every even-sized stride-1 3x3 conv, and with it off."""
+    on = request.param == "winograd"
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_PIXELS", 1 if on else 10**9)
+    return on
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch) -> list[tuple]:
+    """Records the shape of every Winograd input transform (forward and input gradient)."""
+    calls: list[tuple] = []
+    real = ops._wino_tiles
+
+    def spy(x):
+        calls.append(tuple(x.shape))
+        return real(x)
+
+    monkeypatch.setattr(ops, "_wino_tiles", spy)
+    return calls
+
+
 CASES = [
     # (name, in_ch, out_ch, size, kernel, stride, padding, transposed, bias)
     ("3x3", 5, 7, 9, 3, 1, 1, False, True),
+    ("3x3 even size", 5, 7, 8, 3, 1, 1, False, True),
     ("3x3 stride 2", 5, 7, 9, 3, 2, 0, False, True),
     ("1x1", 5, 7, 8, 1, 1, 0, False, False),
     ("transposed stride 2", 5, 7, 5, 3, 2, 0, True, False),
@@ -62,7 +85,7 @@ def _tensors(cin, cout, size, k, transposed, bias, batch=3):
     ids=["im2col-one-chunk", "im2col-per-sample", "onednn-weight-grad"],
 )
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_fast_path_matches_pytorch(case, min_columns, chunk_bytes, monkeypatch) -> None:
+def test_fast_path_matches_pytorch(case, min_columns, chunk_bytes, winograd, monkeypatch) -> None:
     monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     monkeypatch.setattr(ops, "IM2COL_CHUNK_BYTES", chunk_bytes)
     _, cin, cout, size, k, stride, padding, transposed, bias = case
@@ -104,7 +127,7 @@ def test_plain_ops_outside_cpu_training(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("min_columns", [1, 10**9], ids=["im2col", "onednn-weight-grad"])
-def test_double_backward_matches_pytorch(min_columns, monkeypatch) -> None:
+def test_double_backward_matches_pytorch(min_columns, winograd, monkeypatch) -> None:
     """R1 and path length differentiate through gradients: the fast path must support it."""
     monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     x, w, b = _tensors(4, 6, 8, 3, False, True)
@@ -140,7 +163,7 @@ def test_torgb_channels_last_matches_nchw() -> None:
 
 
 @pytest.mark.parametrize("min_columns", [1, 10**9], ids=["im2col", "onednn-weight-grad"])
-def test_gan_step_gradients_agree_with_plain_pytorch(min_columns, monkeypatch) -> None:
+def test_gan_step_gradients_agree_with_plain_pytorch(min_columns, winograd, monkeypatch) -> None:
     """G loss, D loss and D's R1 penalty give the same parameter gradients on both paths."""
     monkeypatch.setattr(ops, "IM2COL_MIN_COLUMNS", min_columns)
     kw = dict(channel_base=256, channel_max=16)
@@ -170,3 +193,53 @@ def test_gan_step_gradients_agree_with_plain_pytorch(min_columns, monkeypatch) -
     assert len(fast) == len(plain) > 20
     for a, e in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 10), (2, 2)], ids=["8x8", "6x10", "2x2"])
+def test_winograd_matches_the_direct_conv_every_way(size, winograd_calls, monkeypatch) -> None:
+    """Forward, input and weight gradient, and the no-grad forward, on even sizes (incl. non-square)."""
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_PIXELS", 1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, *size, generator=g)
+    w, b = torch.randn(7, 5, 3, 3, generator=g), torch.randn(7, generator=g)
+    ref, new = _fns(1, 1, False)
+    y_ref, g_ref, grad_out, _ = _run(ref, x, w, b)
+    y_new, g_new, _, _ = _run(new, x, w, b, grad_out)
+    assert len(winograd_calls) == 2  # forward and input gradient both went through Winograd
+    assert y_new.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_new, y_ref, rtol=1e-5, atol=1e-5)
+    for a, e in zip(g_new, g_ref, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        y_inf = ops.conv2d(x, w, b, padding=1)
+    assert len(winograd_calls) == 3
+    torch.testing.assert_close(y_inf, y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_only_where_it_applies(winograd_calls, monkeypatch) -> None:
+    """Odd sizes, strides, other paddings and small maps take the direct conv."""
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_PIXELS", 64)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    for shape, stride, pad in [((2, 3, 9, 9), 1, 1), ((2, 3, 8, 8), 2, 1), ((2, 3, 8, 8), 1, 0)]:
+        ops.conv2d(torch.randn(shape), w, stride=stride, padding=pad).sum().backward()
+    ops.conv2d(torch.randn(2, 3, 6, 6), w, padding=1).sum().backward()  # 36 < 64 pixels
+    assert winograd_calls == []
+    ops.conv2d(torch.randn(2, 3, 8, 8), w, padding=1).sum().backward()
+    assert winograd_calls == [(2, 8, 8, 3)]  # forward only: x needs no gradient
+
+
+def test_winograd_saves_only_what_the_backward_needs() -> None:
+    """Frozen weights (the encoder stage) keep no tiles; an input without grad keeps no kernel."""
+    old = ops.WINOGRAD_MIN_PIXELS
+    ops.WINOGRAD_MIN_PIXELS = 1
+    try:
+        x = torch.randn(2, 3, 8, 8)
+        w = torch.randn(4, 3, 3, 3)
+        y = ops.conv2d(x.requires_grad_(), w, padding=1)
+        saved = y.grad_fn.saved_tensors
+        assert saved[2] is None and saved[3] is not None  # no V, but U
+        y = ops.conv2d(x.detach(), w.requires_grad_(), padding=1)
+        saved = y.grad_fn.saved_tensors
+        assert saved[2] is not None and saved[3] is None
+    finally:
+        ops.WINOGRAD_MIN_PIXELS = old
