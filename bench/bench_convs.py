@@ -4,7 +4,13 @@ For each layer shape it times, channels-last, batch ``--batch``:
 
 * the forward conv (oneDNN);
 * the input gradient (``aten.convolution_backward``, input only);
-* the weight gradient by oneDNN, and by :mod:`garment_gen.networks.ops` (im2col matmul).
+* the weight gradient by oneDNN, and by :mod:`garment_gen.networks.ops` (im2col matmul);
+* the three passes by ``ops``' Winograd F(2x2, 3x3) (what the CPU training path runs for
+  stride-1 3x3 convs on maps of at least ``ops.WINOGRAD_MIN_PIXELS`` pixels).
+
+FLOPs are the direct conv's (``2 * B * H * W * 9 * C_in * C_out``) for every column, as
+``torch.utils.flop_counter`` counts them, so Winograd's columns are *effective* rates: it
+does 2.25x fewer multiplies, and can beat the matmul.
 
 This is the ceiling behind ``bench_stylegan2.py``'s train-step figure: the step cannot
 beat its kernels. Example (CPU, shielded from other processes)::
@@ -25,7 +31,15 @@ import torch.nn.functional as F
 
 from garment_gen.networks import ops
 
-SHAPES = [(512, 512, 8), (512, 512, 16), (512, 512, 32), (256, 256, 64), (512, 256, 64)]
+SHAPES = [
+    (512, 512, 8),
+    (512, 512, 16),
+    (512, 512, 32),
+    (256, 256, 64),
+    (512, 256, 64),
+    (128, 128, 32),
+    (128, 128, 64),
+]
 
 
 def _time(fn, reps: int) -> float:
@@ -58,7 +72,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(
         f"threads={torch.get_num_threads()} batch={args.batch} matmul 4096^2 fp32: {mm:.1f} GFLOP/s"
     )
-    print(f"{'in->out, px':>16} {'forward':>8} {'grad_x':>8} {'grad_w':>8} {'grad_w ours':>12}")
+    print(
+        f"{'in->out, px':>16} {'forward':>8} {'grad_x':>8} {'grad_w':>8} {'grad_w ours':>12} "
+        f"{'wino fwd':>9} {'wino gx':>8} {'wino gw':>8}"
+    )
     rows = []
     cl = torch.channels_last
     for cin, cout, size in SHAPES:
@@ -74,6 +91,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         x_pad = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
         g_nhwc = g.permute(0, 2, 3, 1)
+        x_nhwc = x.permute(0, 2, 3, 1)
+
+        def wino_fwd(x_nhwc=x_nhwc, w=w, size=size):
+            v = ops._wino_tiles(x_nhwc)
+            return ops._wino_conv(v, ops._wino_kernel(w), args.batch, size, size), v
+
+        _, v = wino_fwd()
+        u = ops._wino_kernel(w)
         timings = {
             "forward": _time(lambda x=x, w=w: F.conv2d(x, w, padding=1), args.reps),
             "grad_x": _time(lambda: bwd([True, False, False]), args.reps),
@@ -81,13 +106,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "grad_w_ours": _time(
                 lambda g_nhwc=g_nhwc, x_pad=x_pad: ops._weight_grad(g_nhwc, x_pad, 3, 1), args.reps
             ),
+            # as in training: the forward keeps the tiles V and kernel U for the backward
+            "wino_forward": _time(wino_fwd, args.reps),
+            "wino_grad_x": _time(
+                lambda g_nhwc=g_nhwc, u=u, size=size: ops._wino_conv(
+                    ops._wino_tiles(g_nhwc), u, args.batch, size, size, flip=True
+                ),
+                args.reps,
+            ),
+            "wino_grad_w": _time(
+                lambda g_nhwc=g_nhwc, v=v: ops._wino_weight_grad(ops._wino_grad_tiles(g_nhwc), v),
+                args.reps,
+            ),
         }
         row = {"in": cin, "out": cout, "size": size}
         row.update({k: flops / t / 1e9 / mm for k, t in timings.items()})
         rows.append(row)
         print(
             f"{f'{cin}->{cout}, {size}':>16} {row['forward']:8.2f} {row['grad_x']:8.2f} "
-            f"{row['grad_w']:8.2f} {row['grad_w_ours']:12.2f}",
+            f"{row['grad_w']:8.2f} {row['grad_w_ours']:12.2f} {row['wino_forward']:9.2f} "
+            f"{row['wino_grad_x']:8.2f} {row['wino_grad_w']:8.2f}",
             flush=True,
         )
     if args.json:

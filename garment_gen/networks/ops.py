@@ -1,18 +1,27 @@
-"""Convolutions for the StyleGAN2 networks, with a faster weight gradient on CPU.
+"""Convolutions for the StyleGAN2 networks, with a faster CPU training path.
 
 On CPU, PyTorch's (oneDNN) convolution computes the *weight* gradient of a 3x3
-conv at 30-65 % of the machine's fp32 matmul speed, against 100-130 % for the
+conv at 30-65 % of the machine's fp32 matmul speed, against 100-120 % for the
 forward pass and the input gradient in channels-last layout (measured on a 2-core
-x86 machine, see ``bench/bench_stylegan2.py``). In a GAN training step a third of
-the FLOPs are weight gradients, so :func:`conv2d` and :func:`conv_transpose2d`
-route CPU training through :class:`_Conv`: the forward pass and the input
-gradient stay with oneDNN (channels-last), the weight gradient is one matmul over
-an explicit patch matrix (im2col) built from the channels-last activations,
-chunked over the batch so the patch matrix stays under :data:`IM2COL_CHUNK_BYTES`.
+x86 machine, see ``bench/bench_convs.py``). In a GAN training step a third of the
+FLOPs are weight gradients. So :func:`conv2d` and :func:`conv_transpose2d` route
+CPU fp32 training of wide convs (>= :data:`FAST_MIN_CHANNELS`) through :class:`_Conv`:
 
-Everywhere else (CUDA, no grad, tracing/ONNX export) they are plain
-``F.conv2d`` / ``F.conv_transpose2d``. Results agree with PyTorch's own
-gradients to float32 rounding (``tests/unit/test_stylegan2.py``).
+* stride-1, pad-1 3x3 convs on even maps of >= :data:`WINOGRAD_MIN_PIXELS` pixels
+  run by Winograd F(2x2, 3x3) in all three passes (forward, input gradient as the
+  flipped-kernel conv, weight gradient from the saved input tiles): 16 matmuls over
+  2x2-output tiles, 2.25x fewer multiplies than the direct conv. Their no-grad
+  forward (generation, the D step's fakes) takes the same route;
+* the other convs keep oneDNN's forward and input gradient (channels-last), and
+  their weight gradient is one matmul over an explicit patch matrix (im2col) built
+  from the channels-last activations, chunked over the batch so the patch matrix
+  stays under :data:`IM2COL_CHUNK_BYTES`.
+
+Everywhere else (CUDA, other dtypes, narrow convs, tracing/ONNX export,
+``torch.compile``, and double backward, i.e. ``create_graph=True`` for R1 and
+path length) they are plain ``F.conv2d`` / ``F.conv_transpose2d`` or PyTorch's
+differentiable backward. Results agree with PyTorch's own to float32 rounding
+(Winograd: ~3e-6 relative; ``tests/unit/test_ops.py``).
 """
 
 from __future__ import annotations

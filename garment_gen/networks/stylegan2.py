@@ -14,11 +14,13 @@ Images are float NCHW, roughly in ``[-1, 1]`` (the generator has no tanh);
 
 Speed notes (measured on a 2-core CPU, see ``bench/bench_stylegan2.py``):
 
-* CPU training runs the convs through :mod:`garment_gen.networks.ops`:
+* CPU training runs the wide convs through :mod:`garment_gen.networks.ops`:
   channels-last activations (oneDNN's forward and input gradient are 10-40 %
-  faster than in NCHW) and the weight gradient as one im2col matmul (oneDNN's
-  runs at 30-65 % of the matmul speed). The blur and toRGB below keep the
-  channels-last layout, so no layout copies happen between layers.
+  faster than in NCHW); stride-1 3x3 convs on maps of 16x16 and up by Winograd
+  F(2x2, 3x3) in all three passes (2.25x fewer multiplies: 1.2-2.0x the matmul's
+  effective rate); the strided convs' weight gradient as one im2col matmul
+  (oneDNN's runs at 30-65 % of the matmul speed). The blur and toRGB below keep
+  the channels-last layout, so no layout copies happen between layers.
 
 * The [1, 3, 3, 1] blur is separable, so it runs as two small matmuls against
   banded matrices built once per layer (padding folded in). That is 2-3x faster
