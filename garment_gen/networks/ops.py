@@ -17,7 +17,7 @@ CPU fp32 training of wide convs (>= :data:`FAST_MIN_CHANNELS`) through :class:`_
   from the channels-last activations, chunked over the batch so the patch matrix
   stays under :data:`IM2COL_CHUNK_BYTES`.
 
-Everywhere else (CUDA, other dtypes, narrow convs, tracing/ONNX export,
+Everywhere else (CUDA, other dtypes, autocast, narrow convs, tracing/ONNX export,
 ``torch.compile``, and double backward, i.e. ``create_graph=True`` for R1 and
 path length) they are plain ``F.conv2d`` / ``F.conv_transpose2d`` or PyTorch's
 differentiable backward. Results agree with PyTorch's own to float32 rounding
@@ -78,6 +78,7 @@ def _use_custom(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
         and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled(x.device.type)
     )
 
 
@@ -94,6 +95,7 @@ def _use_winograd_inference(x, weight, stride, padding) -> bool:
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
         and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled(x.device.type)
     )
 
 

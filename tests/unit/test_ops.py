@@ -243,3 +243,16 @@ def test_winograd_saves_only_what_the_backward_needs() -> None:
         assert saved[2] is not None and saved[3] is None
     finally:
         ops.WINOGRAD_MIN_PIXELS = old
+
+
+def test_autocast_keeps_pytorchs_own_conv(monkeypatch) -> None:
+    """Under CPU autocast the conv must run in bf16 as autocast asks, not in our fp32 path."""
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_PIXELS", 1)
+    x, w, b = _tensors(4, 6, 8, 3, False, True)
+    w.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.conv2d(x, w, b, padding=1)
+        with torch.no_grad():
+            y_inf = ops.conv2d(x, w, b, padding=1)
+    assert y.dtype == y_inf.dtype == torch.bfloat16
+    assert y.grad_fn.name() == "ConvolutionBackward0"
