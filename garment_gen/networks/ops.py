@@ -54,6 +54,22 @@ _CL = torch.channels_last
 _ENABLED = True
 
 
+def _is_compiling() -> bool:
+    """``torch.compiler.is_compiling()`` (torch >= 2.3; ``torch._dynamo``'s before)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (``is_autocast_enabled`` takes a device type from torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def set_cpu_fast_path(enabled: bool) -> bool:
     """Turn the CPU training path on or off (benchmarks compare both); returns the old value."""
     global _ENABLED
@@ -77,8 +93,8 @@ def _use_custom(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled(x.device.type)
+        and not _is_compiling()
+        and not _cpu_autocast()
     )
 
 
@@ -94,8 +110,8 @@ def _use_winograd_inference(x, weight, stride, padding) -> bool:
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled(x.device.type)
+        and not _is_compiling()
+        and not _cpu_autocast()
     )
 
 
