@@ -256,3 +256,17 @@ def test_autocast_keeps_pytorchs_own_conv(monkeypatch) -> None:
             y_inf = ops.conv2d(x, w, b, padding=1)
     assert y.dtype == y_inf.dtype == torch.bfloat16
     assert y.grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_torch_compile_sees_plain_convs(monkeypatch) -> None:
+    """Under ``torch.compile`` the convs are plain ops: a full graph, no break at our Python code."""
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_PIXELS", 1)
+    x, w, b = _tensors(4, 6, 8, 3, False, True)
+    w.requires_grad_()
+    fn = torch.compile(
+        lambda x, w, b: ops.conv2d(x, w, b, padding=1), backend="eager", fullgraph=True
+    )
+    y = fn(x, w, b)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x, w, b), y, rtol=1e-5, atol=1e-5)
