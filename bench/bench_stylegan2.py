@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from garment_gen.networks.ops import set_cpu_fast_path
 from garment_gen.networks.stylegan2 import Discriminator, Generator
+from garment_gen.utils.cpu_malloc import keep_freed_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,22 +133,9 @@ def time_bracketed(
 
 
 def tune_glibc_malloc() -> bool:
-    """Serve every allocation from the heap and never trim it (glibc only).
-
-    PyTorch frees big CPU tensors back to the OS (mmap), so each new
-    activation page-faults on first touch; at 64 px those tensors are ~30 MB.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))
+    """What ``python -m garment_gen.train`` does on CPU (``malloc_tune``): see
+    :mod:`garment_gen.utils.cpu_malloc`. Without it every big tensor page-faults again."""
+    return keep_freed_memory()
 
 
 def count_flops(fn) -> tuple[int, dict[str, int]]:

@@ -27,6 +27,7 @@ from garment_gen import conf_dir
 from garment_gen.cli import _user_cause, check_group_choice, user_errors
 from garment_gen.errors import ConfigError
 from garment_gen.utils.checkpoint import AtomicCheckpointIO
+from garment_gen.utils.cpu_malloc import keep_freed_memory
 from garment_gen.utils.run_info import write_run_info
 
 log = logging.getLogger("garment_gen.train")
@@ -144,6 +145,19 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     return datamodule, module, trainer
 
 
+def tune_cpu_malloc(cfg: DictConfig, trainer: pl.Trainer) -> bool:
+    """CPU runs keep freed memory for reuse (``malloc_tune``, see :mod:`garment_gen.utils.cpu_malloc`):
+    otherwise every big tensor page-faults in again each step. True when it took effect."""
+    if not cfg.get("malloc_tune", True) or not isinstance(
+        trainer.accelerator, pl.accelerators.CPUAccelerator
+    ):
+        return False
+    done = keep_freed_memory()
+    if done:
+        log.info("CPU run: glibc malloc keeps freed memory for reuse (malloc_tune=true)")
+    return done
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one stage as configured; returns the final metrics (floats).
 
@@ -159,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module, trainer = build(cfg)
+    tune_cpu_malloc(cfg, trainer)
     if trainer.is_global_zero:
         info = write_run_info(cfg, output_dir)
         resolved = OmegaConf.to_container(cfg, resolve=True)

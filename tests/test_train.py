@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
@@ -82,9 +83,14 @@ def test_cli_bad_data_root_one_line(tmp_path):
     assert "not a prepared dataset" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_pretrain_trains_exports_and_writes_run_folder(compose_cfg, tmp_path):
+def test_pretrain_trains_exports_and_writes_run_folder(compose_cfg, tmp_path, monkeypatch):
+    import garment_gen.train as train_mod
+
+    tuned = []
+    monkeypatch.setattr(train_mod, "keep_freed_memory", lambda: tuned.append(1) or True)
     cfg = compose_cfg(TINY_PRETRAIN)
     metrics = train(cfg)
+    assert tuned == [1]  # a CPU run keeps freed memory for reuse (malloc_tune=true)
     out = Path(cfg.paths.output_dir)
     for name in ("generator.pt", "config_resolved.yaml", "run_info.json", "metrics.json"):
         assert (out / name).is_file(), name
@@ -155,3 +161,15 @@ def test_interrupted_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
     restored = torch.load(path, weights_only=True)
     assert restored["step"] == 1 and torch.equal(restored["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_malloc_tune_only_for_cpu_runs_that_ask(compose_cfg, monkeypatch):
+    import garment_gen.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "keep_freed_memory", lambda: calls.append(1) or True)
+    cpu = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    assert train_mod.tune_cpu_malloc(compose_cfg(["stage=pretrain"]), cpu) is True
+    off = compose_cfg(["stage=pretrain", "malloc_tune=false"])
+    assert train_mod.tune_cpu_malloc(off, cpu) is False
+    assert calls == [1]
