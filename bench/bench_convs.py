@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.malloc_tune:
-        from bench_stylegan2 import tune_glibc_malloc
+        from garment_gen.utils.cpu_malloc import keep_freed_memory
 
-        tune_glibc_malloc()
+        keep_freed_memory()
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     mm = 2 * 4096**3 / _time(lambda: torch.mm(a, b), args.reps) / 1e9
     print(

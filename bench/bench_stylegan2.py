@@ -132,12 +132,6 @@ def time_bracketed(
     return out
 
 
-def tune_glibc_malloc() -> bool:
-    """What ``python -m garment_gen.train`` does on CPU (``malloc_tune``): see
-    :mod:`garment_gen.utils.cpu_malloc`. Without it every big tensor page-faults again."""
-    return keep_freed_memory()
-
-
 def count_flops(fn) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one call of ``fn`` and their split by op (conv vs matmul...).
 
@@ -160,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
+    malloc_tuned = keep_freed_memory() if args.malloc_tune else False
     set_cpu_fast_path(not args.plain_conv)
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -82,13 +82,12 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=_CL) if x.ndim == 4 else x
 
 
-def _use_custom(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _cpu_fp32_eager(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A wide fp32 conv on CPU, run eagerly (not traced, scripted, exported, compiled or autocast)."""
     return (
         _ENABLED
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
         and min(weight.shape[0], weight.shape[1]) >= FAST_MIN_CHANNELS
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
@@ -98,20 +97,20 @@ def _use_custom(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _use_winograd_inference(x, weight, stride, padding) -> bool:
-    """No-grad CPU fp32 forward of a wide conv that Winograd computes (see ``_use_custom``)."""
+def _use_custom(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
-        _ENABLED
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and min(weight.shape[0], weight.shape[1]) >= FAST_MIN_CHANNELS
+        torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+        and _cpu_fp32_eager(x, weight)
+    )
+
+
+def _use_winograd_inference(x, weight, stride, padding) -> bool:
+    """No-grad forward of a wide CPU conv that Winograd computes."""
+    return (
+        not torch.is_grad_enabled()
         and winograd_applies(x, weight, stride, padding)
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
-        and not _is_compiling()
-        and not _cpu_autocast()
+        and _cpu_fp32_eager(x, weight)
     )
 
 
@@ -284,13 +283,14 @@ def _wino_weight_grad(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _winograd_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """No-grad 3x3 stride-1 pad-1 conv by Winograd; ``x`` any layout -> channels-last output."""
+    """3x3 stride-1 pad-1 conv by Winograd; ``x`` any layout -> (channels-last output, tiles V,
+    transformed kernel U)."""
     xn = to_channels_last(x).permute(0, 2, 3, 1)
-    n, h, w, _ = xn.shape
-    y = _wino_conv(_wino_tiles(xn), _wino_kernel(weight), n, h, w)
+    v, u = _wino_tiles(xn), _wino_kernel(weight)
+    y = _wino_conv(v, u, *xn.shape[:3])
     if bias is not None:
         y.add_(bias.view(1, -1, 1, 1))
-    return y
+    return y, v, u
 
 
 class _Conv(torch.autograd.Function):
@@ -303,11 +303,7 @@ class _Conv(torch.autograd.Function):
         v = u = None
         ctx.wino = not transposed and winograd_applies(x, weight, stride, padding)
         if ctx.wino:
-            xn = x.permute(0, 2, 3, 1)
-            v, u = _wino_tiles(xn), _wino_kernel(weight)
-            y = _wino_conv(v, u, *xn.shape[:3])
-            if bias is not None:
-                y.add_(bias.view(1, -1, 1, 1))
+            y, v, u = _winograd_forward(x, weight, bias)
             # the backward needs V for the weight gradient and U for the input gradient only
             v = v if ctx.needs_input_grad[1] else None
             u = u if ctx.needs_input_grad[0] else None
@@ -388,7 +384,7 @@ def conv2d(
     if _use_custom(x, weight):
         return _Conv.apply(x, weight, bias, stride, padding, False)
     if _use_winograd_inference(x, weight, stride, padding):
-        return _winograd_forward(x, weight, bias)
+        return _winograd_forward(x, weight, bias)[0]
     return F.conv2d(x, weight, bias, stride=stride, padding=padding)
 
 
