@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
+from pathlib import Path
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
@@ -24,3 +27,32 @@ def disk_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return "no space left on device (the write stopped part way)"
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Make ``folder`` (and parents) and prove a file can be written there, before any compute.
+
+    ``what`` names the setting in the error (e.g. ``"paths.output_dir"``, ``"out"``). Raises
+    :class:`~garment_gen.errors.GarmentGenError` with one line naming the folder and the reason
+    (read-only, no permission, full, a file in the way).
+    """
+    from garment_gen.errors import GarmentGenError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except FileExistsError:
+        raise GarmentGenError(f"{what}={folder}: a file is in the way (expected a folder)") from None
+    except NotADirectoryError:
+        raise GarmentGenError(f"{what}={folder}: a file is in the way (expected a folder)") from None
+    except OSError as exc:
+        raise GarmentGenError(
+            f"{what}={folder}: cannot write there: {disk_reason(exc)}"
+        ) from None
+    return folder
