@@ -66,3 +66,17 @@ def lazy_reg_adam_hparams(
         return lr, betas
     ratio = interval / (interval + 1)
     return lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
+
+
+def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss ``mean(relu(1 - D(x))) + mean(relu(1 + D(G(z))))``.
+
+    Logits of any shape (``[B, N]`` patch logits of the projected discriminator); each mean is
+    over all of them. Zero once reals score >= 1 and fakes <= -1.
+    """
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator hinge loss ``-mean(D(G(z)))`` over all logits (any shape)."""
+    return -fake_logits.mean()
