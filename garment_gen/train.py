@@ -26,8 +26,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from garment_gen import conf_dir
 from garment_gen.cli import _user_cause, check_group_choice, user_errors
 from garment_gen.errors import ConfigError
-from garment_gen.utils.checkpoint import AtomicCheckpointIO
+from garment_gen.modules.base import StageModule
+from garment_gen.utils.atomic import write_json_atomic
+from garment_gen.utils.checkpoint import (
+    AtomicCheckpointIO,
+    check_resume_checkpoint,
+    remove_stale_temporaries,
+)
+from garment_gen.utils.config_checks import TRAIN_SCHEMA, check_values
 from garment_gen.utils.cpu_malloc import keep_freed_memory
+from garment_gen.utils.oserrors import check_writable
 from garment_gen.utils.run_info import write_run_info
 
 log = logging.getLogger("garment_gen.train")
@@ -158,21 +166,46 @@ def tune_cpu_malloc(cfg: DictConfig, trainer: pl.Trainer) -> bool:
     return done
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before building anything: required values, types and
+    ranges of the common settings, the run folder is writable, and ``ckpt_path`` is a
+    checkpoint of this stage that loads safely. Each problem is one :class:`ConfigError` line."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(
+            f"missing required value(s): {', '.join(missing)}; set them on the command line, e.g. {missing[0]}=..."
+        )
+    check_values(cfg, TRAIN_SCHEMA)
+    max_time = OmegaConf.select(cfg, "trainer.max_time")
+    if isinstance(max_time, str) and not _is_duration(max_time):
+        raise ConfigError(f"trainer.max_time={max_time!r}: expected DD:HH:MM:SS, e.g. 00:02:00:00")
+    check_writable(cfg.paths.output_dir, "paths.output_dir")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, cfg.stage_name)
+        remove_stale_temporaries(Path(ckpt_path).parent)
+
+
+def _is_duration(text: str) -> bool:
+    parts = text.split(":")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one stage as configured; returns the final metrics (floats).
 
     The metric named by ``cfg.monitor`` (the stage's validation loss or score) is
     also returned under the key ``"objective"`` for sweepers.
     """
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
-    if missing:
-        raise ConfigError(
-            f"missing required value(s): {', '.join(missing)}; set them on the command line, e.g. {missing[0]}=..."
-        )
+    check_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule, module, trainer = build(cfg)
+    if not isinstance(module, StageModule):
+        raise ConfigError(
+            f"model._target_: {type(module).__name__} is not a garment_gen stage module"
+        )
     tune_cpu_malloc(cfg, trainer)
     if trainer.is_global_zero:
         info = write_run_info(cfg, output_dir)
@@ -182,8 +215,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 {"config": resolved, "run_info": {k: info[k] for k in ("git_commit", "versions")}}
             )
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("last", "best"):
-        raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint file not found")
     metrics: dict[str, float] = {}
     if cfg.get("validate_first", False):
         # A baseline of the monitored metrics before any training (e.g. FD at kimg 0).
@@ -196,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         fit_seconds = time.perf_counter() - t_fit
         metrics.update(_float_metrics(trainer.callback_metrics))
-        stop_reason = getattr(module, "stop_reason", None) or _stop_reason(trainer)
+        stop_reason = module.stop_reason or _stop_reason(trainer)
         log.info("training ended: %s", stop_reason)
         metrics_note = {
             "stop_reason": stop_reason,
@@ -207,10 +238,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
     else:
         metrics_note = {}
-    if cfg.get("export", True) and hasattr(module, "export"):
+    if cfg.get("export", True):
         if trainer.is_global_zero:
             path = module.export(output_dir)
-            log.info("exported %s", path)
+            if path is not None:
+                log.info("exported %s", path)
         trainer.strategy.barrier()
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
@@ -231,11 +263,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if monitor and monitor in metrics:
         metrics["objective"] = metrics[monitor]
     if trainer.is_global_zero:
-        import json
-
-        (output_dir / "metrics.json").write_text(
-            json.dumps({**metrics, **metrics_note}, indent=2) + "\n"
-        )
+        write_json_atomic(output_dir / "metrics.json", {**metrics, **metrics_note})
     return metrics
 
 
@@ -270,6 +298,37 @@ def _objective(metrics: dict[str, float]) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
+def check_run_folder(argv: list[str], conf: Path) -> None:
+    """Hydra makes the run folder before our code runs; a folder that cannot be made would end
+    in Hydra's traceback. Compose the config first and check that its nearest existing folder
+    is a writable folder (one ``error:`` line and exit 2 otherwise)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if any(a.startswith("-") for a in argv):  # --help, --cfg, -m: leave them to Hydra
+        return
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=argv, return_hydra_config=True)
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    except Exception:  # noqa: BLE001 - any composition problem is reported by Hydra itself
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    folder = run_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    problem = None
+    if not folder.is_dir():
+        problem = f"{folder} is a file, not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"{folder} is not writable"
+    if problem:
+        print(f"error: run folder {run_dir}: cannot be created: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main() -> None:
     """``python -m garment_gen.train stage=...``: validate the stage, compose, train."""
     conf = conf_dir()
@@ -281,6 +340,8 @@ def main() -> None:
         check_group_choice(argv, conf, "stage", required=True)
     for group in ("trainer", "logger", "data", "debug", "experiment", "cluster", "hparams_search"):
         check_group_choice(argv, conf, group, required=False)
+
+    check_run_folder(argv, conf)
 
     @hydra.main(version_base="1.3", config_path=str(conf), config_name="config")
     @user_errors

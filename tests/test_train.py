@@ -111,7 +111,7 @@ def _fit(cfg, ckpt_path=None):
 
 def test_pretrain_resume_restores_everything(compose_cfg, tmp_path):
     base = TINY_PRETRAIN + [
-        "callbacks.model_checkpoint.every_n_train_steps=4",
+        "callbacks.model_checkpoint.every_n_batches=2",
         "trainer.max_steps=8",
     ]
     cfg = compose_cfg(base + ["model.augment.p_init=0.3"])

@@ -16,21 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from garment_gen.errors import ConfigError
+from garment_gen.modules.base import StageModule
+from garment_gen.modules.base import plain as _plain
 from garment_gen.utils.images import grid, log_image, save_png
 
 log = logging.getLogger(__name__)
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-class EncodersModule(pl.LightningModule):
+class EncodersModule(StageModule):
     """Fit :class:`~garment_gen.networks.encoders.GarmentEncoders` on a frozen generator.
 
     Args:
@@ -44,6 +41,10 @@ class EncodersModule(pl.LightningModule):
             ``threshold_first``, ``threshold_second``.
         n_val_images: rows in the validation grid (mask | texture | generated | original).
     """
+
+    stage_name = "encoders"
+    # The frozen generator and the loss networks are rebuilt from their files.
+    frozen_prefixes = ("G.", "loss_fn.")
 
     def __init__(
         self,
@@ -109,7 +110,6 @@ class EncodersModule(pl.LightningModule):
         self.active_loss = "second" if w_shape > 0 else "first"
         key = f"threshold_{self.active_loss}"
         self.stopping_threshold = loss.get(key)
-        self.stop_reason: str | None = None
         self._val_batch: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ frozen parts stay frozen
@@ -119,18 +119,6 @@ class EncodersModule(pl.LightningModule):
         self.G.eval()
         self.loss_fn.train(mode)  # keeps its LPIPS / segmenter in eval itself
         return self
-
-    def state_dict(self, *args, **kwargs):
-        # The frozen generator and loss networks are rebuilt from their files:
-        # checkpoints keep only what training changes.
-        sd = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in sd.items() if not k.startswith(("G.", "loss_fn."))}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        own = super().state_dict()
-        merged = {k: v for k, v in own.items() if k.startswith(("G.", "loss_fn."))}
-        merged.update(state_dict)
-        return super().load_state_dict(merged, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ forward and steps
 

@@ -12,22 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from segmentation_models_pytorch.losses import DiceLoss
 from torchmetrics.classification import BinaryJaccardIndex
 
+from garment_gen.modules.base import StageModule
+from garment_gen.modules.base import plain as _plain
 from garment_gen.networks.segmenter import export_segmenter
 from garment_gen.utils.images import grid, log_image, save_png
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-class SegmenterModule(pl.LightningModule):
+class SegmenterModule(StageModule):
     """Train a :class:`~garment_gen.networks.segmenter.Segmenter`.
 
     Args:
@@ -38,6 +35,8 @@ class SegmenterModule(pl.LightningModule):
         inputs: which batch keys to segment: ``image`` (garment on white) and/or
             ``photo`` (real background).
     """
+
+    stage_name = "segmenter"
 
     def __init__(
         self,

@@ -47,12 +47,10 @@ def check_writable(folder: str | Path, what: str) -> Path:
         finally:
             os.close(fd)
             os.unlink(probe)
-    except FileExistsError:
-        raise GarmentGenError(f"{what}={folder}: a file is in the way (expected a folder)") from None
-    except NotADirectoryError:
-        raise GarmentGenError(f"{what}={folder}: a file is in the way (expected a folder)") from None
-    except OSError as exc:
+    except (FileExistsError, NotADirectoryError):
         raise GarmentGenError(
-            f"{what}={folder}: cannot write there: {disk_reason(exc)}"
+            f"{what}={folder}: a file is in the way (expected a folder)"
         ) from None
+    except OSError as exc:
+        raise GarmentGenError(f"{what}={folder}: cannot write there: {disk_reason(exc)}") from None
     return folder

@@ -1,0 +1,184 @@
+"""The GAN objective as a table of phases (StyleGAN2's Dmain, Dreg, Gmain, Greg).
+
+Each phase names the network it updates, how often it runs (in batches) and a small function
+returning ``(loss, logs)``. ``PretrainModule.training_step`` walks the table; the lazy
+regularisation scaling of each optimizer is computed here, next to the intervals it depends on.
+
+Two objectives share the table:
+
+* ``kind="logistic"`` (StyleGAN2): non-saturating logistic loss, lazy R1 on reals
+  (``r1_gamma``), path-length regularisation (``pl_weight``);
+* ``kind="hinge"`` (Projected GAN): hinge loss; R1 and path length are usually off
+  (``r1_gamma: 0``, ``pl_weight: 0``: a phase whose weight is 0 is not in the table).
+
+Images are float NCHW in ``[-1, 1]``; logits any shape (their mean is taken).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from garment_gen.errors import ConfigError
+from garment_gen.losses.adversarial import (
+    d_logistic_loss,
+    g_nonsaturating_loss,
+    lazy_reg_adam_hparams,
+    path_length_penalty,
+    r1_penalty,
+)
+
+Logs = dict[str, torch.Tensor | float]
+
+
+class GANParts(Protocol):
+    """What a phase needs from the module that trains the GAN."""
+
+    G: nn.Module
+    D: nn.Module
+    pl_mean: torch.Tensor
+
+    def augment_images(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def sample_z(self, n: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One row of the table: ``fn(parts, real_img) -> (loss, logs)`` updates ``net`` every ``interval`` batches."""
+
+    name: str
+    net: str  # "G" or "D"
+    interval: int
+    fn: Callable[[GANParts, torch.Tensor], tuple[torch.Tensor, Logs]]
+
+
+def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss ``relu(1 - D(x)) + relu(1 + D(G(z)))``, means over all logits."""
+    return torch.relu(1 - real_logits).mean() + torch.relu(1 + fake_logits).mean()
+
+
+def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator hinge loss ``-D(G(z))``, mean over all logits."""
+    return -fake_logits.mean()
+
+
+_LOSSES = {
+    "logistic": (d_logistic_loss, g_nonsaturating_loss),
+    "hinge": (d_hinge_loss, g_hinge_loss),
+}
+
+
+class GANLoss:
+    """The GAN objective: loss kind, regularisation weights and intervals (``conf/loss/*.yaml``).
+
+    Args:
+        kind: ``logistic`` or ``hinge``.
+        r1_gamma: R1 weight (0: no Dreg phase); ADA's rule of thumb is
+            ``0.0002 * resolution^2 / batch``.
+        d_reg_interval: R1 every this many batches (lazy regularisation).
+        pl_weight: path-length weight (0: no Greg phase).
+        g_reg_interval: path length every this many batches.
+        pl_batch_shrink: the path-length batch is the batch divided by this.
+        pl_decay: decay of the running mean path length.
+    """
+
+    def __init__(
+        self,
+        kind: str = "logistic",
+        r1_gamma: float = 0.1,
+        d_reg_interval: int = 16,
+        pl_weight: float = 2.0,
+        g_reg_interval: int = 4,
+        pl_batch_shrink: int = 2,
+        pl_decay: float = 0.01,
+    ):
+        if kind not in _LOSSES:
+            raise ConfigError(f"loss.kind={kind!r}: expected one of {', '.join(_LOSSES)}")
+        for name, value in (("d_reg_interval", d_reg_interval), ("g_reg_interval", g_reg_interval)):
+            if int(value) < 1:
+                raise ConfigError(f"loss.{name}={value}: expected an int >= 1")
+        self.kind = kind
+        self.r1_gamma = float(r1_gamma)
+        self.d_reg_interval = int(d_reg_interval)
+        self.pl_weight = float(pl_weight)
+        self.g_reg_interval = int(g_reg_interval)
+        self.pl_batch_shrink = max(1, int(pl_batch_shrink))
+        self.pl_decay = float(pl_decay)
+        self.d_loss_fn, self.g_loss_fn = _LOSSES[kind]
+
+    # ------------------------------------------------------------------ the table
+
+    def phases(self) -> list[Phase]:
+        """The phases in run order (a regulariser with weight 0 is left out)."""
+        table = [Phase("Dmain", "D", 1, self.d_main)]
+        if self.r1_gamma > 0:
+            table.append(Phase("Dreg", "D", self.d_reg_interval, self.d_reg))
+        table.append(Phase("Gmain", "G", 1, self.g_main))
+        if self.pl_weight > 0:
+            table.append(Phase("Greg", "G", self.g_reg_interval, self.g_reg))
+        return table
+
+    def reg_interval(self, net: str) -> int:
+        """The lazy-regularisation interval of ``net``'s optimizer (0 when it has no reg phase)."""
+        reg = [p for p in self.phases() if p.net == net and p.name.endswith("reg")]
+        return reg[0].interval if reg else 0
+
+    def optimizer_hparams(
+        self, net: str, lr: float, betas: tuple[float, float]
+    ) -> tuple[float, tuple[float, float]]:
+        """``lr`` and ``betas`` of ``net``'s Adam, scaled for its lazy regularisation."""
+        return lazy_reg_adam_hparams(lr, betas, self.reg_interval(net))
+
+    # ------------------------------------------------------------------ the phases
+
+    def d_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """D on augmented reals and (detached) fakes."""
+        with torch.no_grad():
+            fake_img = parts.G(parts.sample_z(real_img.shape[0]))
+        real_logits = parts.D(parts.augment_images(real_img))
+        fake_logits = parts.D(parts.augment_images(fake_img))
+        loss = self.d_loss_fn(real_logits, fake_logits)
+        logs: Logs = {
+            "train/d_loss": loss.detach(),
+            "train/d_real": real_logits.detach().mean(),
+            "train/d_fake": fake_logits.detach().mean(),
+            "_real_logits": real_logits.detach(),
+        }
+        return loss, logs
+
+    def d_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """Lazy R1 on reals, scaled by ``gamma / 2 * interval``."""
+        real_req = real_img.detach().requires_grad_(True)
+        logits = parts.D(parts.augment_images(real_req))
+        r1 = r1_penalty(logits, real_req)
+        loss = r1 * (self.r1_gamma / 2) * self.d_reg_interval + logits.mean() * 0
+        return loss, {"train/r1": r1.detach()}
+
+    def g_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """G through the augmented D (``w_avg`` tracks the batch's mean w)."""
+        fake_img = parts.G(parts.sample_z(real_img.shape[0]), update_w_avg=True)
+        loss = self.g_loss_fn(parts.D(parts.augment_images(fake_img)))
+        return loss, {"train/g_loss": loss.detach()}
+
+    def g_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """Path-length regularisation on a smaller batch, scaled by its interval."""
+        n = max(1, real_img.shape[0] // self.pl_batch_shrink)
+        ws = parts.G.mapping(parts.sample_z(n))
+        img = parts.G.synthesis(ws)
+        penalty, lengths, new_mean = path_length_penalty(img, ws, parts.pl_mean, self.pl_decay)
+        parts.pl_mean.copy_(new_mean)
+        loss = penalty * self.pl_weight * self.g_reg_interval + img.mean() * 0
+        return loss, {"train/pl_penalty": penalty.detach(), "train/pl_length": lengths.mean()}
+
+    def __repr__(self) -> str:
+        return f"GANLoss({self.kind}, phases={[p.name for p in self.phases()]})"
+
+
+def describe(loss: Any) -> str:
+    """One line for the log: the kind and the phases with their intervals."""
+    return f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases())
