@@ -6,7 +6,10 @@ Usage::
 
 Inputs are never modified. The dataset is built in a temporary folder beside
 ``output_dir`` and moved into place only when complete; re-running with the same
-inputs and settings does nothing.
+inputs and settings does nothing. A lock file beside ``output_dir``
+(``.<name>.lock``) refuses a second prepare into the same folder while one runs.
+A full or read-only disk stops the run with one line (the previous dataset, if any,
+stays as it was); a bad photo is only skipped.
 
 Output layout::
 
@@ -22,14 +25,22 @@ Output layout::
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +53,7 @@ from garment_gen.data.align import align_garment
 from garment_gen.data.io import IMAGE_EXTENSIONS, load_rgb, save_png_atomic, sha256_file
 from garment_gen.data.masks import MaskCheck, classical_mask, find_mask_file, load_mask_file
 from garment_gen.errors import BadInputError, GarmentGenError
+from garment_gen.utils.oserrors import disk_reason, is_disk_error
 
 log = logging.getLogger("garment_gen.prepare")
 
@@ -122,6 +134,88 @@ class Task:
     label: str
 
 
+# ----------------------------------------------------------------------------- settings
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_settings(cfg: PrepareConfig) -> None:
+    """Reject a setting of the wrong type or range before any work, naming the key.
+
+    Raises:
+        GarmentGenError: ``<key>=<value>: must be ...``.
+    """
+
+    def bad(key: str, expected: str) -> GarmentGenError:
+        return GarmentGenError(f"{key}={getattr(cfg, key)}: must be {expected}")
+
+    r = cfg.resolution
+    if not _is_int(r) or r < 8 or r & (r - 1):
+        raise bad("resolution", "a power of two (e.g. 64, 128, 256)")
+    if not _is_number(cfg.margin) or not 0 <= cfg.margin <= 1:
+        raise bad("margin", "a number between 0 and 1")
+    for key in ("min_area", "max_area"):
+        if not _is_number(getattr(cfg, key)) or not 0 <= getattr(cfg, key) <= 1:
+            raise bad(key, "a share of the photo between 0 and 1")
+    if cfg.min_area >= cfg.max_area:
+        raise GarmentGenError(
+            f"min_area={cfg.min_area}, max_area={cfg.max_area}: min_area must be below max_area"
+        )
+    for key in ("val_fraction", "test_fraction"):
+        if not _is_number(getattr(cfg, key)) or not 0 <= getattr(cfg, key) < 1:
+            raise bad(key, "a number from 0 to below 1")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise GarmentGenError(
+            f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}: "
+            "together they must leave some images for training (sum below 1)"
+        )
+    if not _is_int(cfg.max_pixels) or cfg.max_pixels < 64:
+        raise bad("max_pixels", "a whole number of pixels (e.g. 40000000)")
+    if not _is_int(cfg.seed):
+        raise bad("seed", "a whole number")
+    if cfg.workers is not None and (not _is_int(cfg.workers) or cfg.workers < 1):
+        raise bad("workers", "a whole number of processes, 1 or more (or null for all cores)")
+    if cfg.grabcut_size is not None and (not _is_int(cfg.grabcut_size) or cfg.grabcut_size < 32):
+        raise bad("grabcut_size", "a whole number of pixels, 32 or more (or null)")
+    if not isinstance(cfg.overwrite, bool):
+        raise bad("overwrite", "true or false")
+    bg = cfg.background
+    if (
+        not isinstance(bg, (list, tuple))
+        or len(bg) != 3
+        or not all(_is_int(c) and 0 <= c <= 255 for c in bg)
+    ):
+        raise bad("background", "three whole numbers 0-255, e.g. [255,255,255]")
+    if cfg.max_per_group is not None and (
+        not isinstance(cfg.max_per_group, dict)
+        or not all(k in SPLITS and _is_int(v) and v >= 0 for k, v in cfg.max_per_group.items())
+    ):
+        raise bad("max_per_group", f"a mapping of {'/'.join(SPLITS)} to counts, e.g. {{train: 40}}")
+    for key in ("input_dir", "output_dir", "mask_dir", "segmenter"):
+        v = getattr(cfg, key)
+        if v is not None and not isinstance(v, (str, os.PathLike)):
+            raise bad(key, "a path")
+
+
+def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path]:
+    """``(input root, output folder)``, both resolved; the input must be a folder outside the output."""
+    root = Path(cfg.input_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise GarmentGenError(f"input_dir={cfg.input_dir}: not a folder")
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise GarmentGenError(
+            f"output_dir={cfg.output_dir} is inside input_dir={cfg.input_dir}; choose a folder outside it"
+        )
+    return root, out
+
+
 # ----------------------------------------------------------------------------- scanning
 
 
@@ -144,14 +238,7 @@ def _split_and_label(rel: Path, sha: str, cfg: PrepareConfig) -> tuple[str, str]
 
 def scan_inputs(cfg: PrepareConfig) -> tuple[list[Task], list[dict[str, Any]]]:
     """Find every file under ``input_dir``; return image tasks and rows for ignored files."""
-    root = Path(cfg.input_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise GarmentGenError(f"input_dir={cfg.input_dir}: not a folder")
-    out = Path(cfg.output_dir).expanduser().resolve()
-    if out == root or root in out.parents:
-        raise GarmentGenError(
-            f"output_dir={cfg.output_dir} is inside input_dir={cfg.input_dir}; choose a folder outside it"
-        )
+    root, out = _check_paths(cfg)
     exclude = [out]
     if cfg.mask_dir:
         exclude.append(Path(cfg.mask_dir).expanduser().resolve())
@@ -224,20 +311,45 @@ def _row(rel: str, sha: str, split: str, label: str, **kw: Any) -> dict[str, Any
 # ----------------------------------------------------------------------------- one image
 
 _WORKER: dict[str, Any] = {}
+OUTPUT_SUBDIRS = ("images", "masks", "photos")
 
 
-def _init_worker(cfg: PrepareConfig, tmp_dir: str) -> None:
-    cv2.setNumThreads(1)
+def _load_segmenter(path: str):
+    from garment_gen.networks.segmenter import load_segmenter
+
+    return load_segmenter(path)
+
+
+def _init_worker(
+    cfg: PrepareConfig, tmp_dir: str, segmenter: Any = None, in_child: bool = False
+) -> None:
+    """Set up one worker (or the parent when ``workers=1``).
+
+    In a child it never raises: a pool whose initializer fails cannot do any work (and
+    ``multiprocessing.Pool`` respawns such workers for ever), so the failure is kept and the
+    first task reports it as a run-level error.
+    """
+    _WORKER.clear()
     _WORKER["cfg"] = cfg
     _WORKER["tmp"] = Path(tmp_dir)
-    _WORKER["segmenter"] = None
-    if cfg.segmenter:
-        import torch
+    _WORKER["segmenter"] = segmenter
+    try:
+        if in_child:
+            # Ctrl-C is the parent's to handle: it stops the run and cleans up once.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cv2.setNumThreads(1)
+        if cfg.segmenter:
+            import torch
 
-        from garment_gen.networks.segmenter import load_segmenter
-
-        torch.set_num_threads(1)
-        _WORKER["segmenter"] = load_segmenter(cfg.segmenter)
+            torch.set_num_threads(1)
+            if segmenter is None:
+                _WORKER["segmenter"] = _load_segmenter(cfg.segmenter)
+    except BaseException as exc:  # noqa: BLE001 - reported by prepare_one, see above
+        if not in_child:
+            raise
+        _WORKER["init_error"] = (
+            str(exc) if isinstance(exc, GarmentGenError) else f"{exc.__class__.__name__}: {exc}"
+        )
 
 
 def _get_mask(image: np.ndarray, task: Task, cfg: PrepareConfig) -> tuple[np.ndarray, str]:
@@ -252,8 +364,54 @@ def _get_mask(image: np.ndarray, task: Task, cfg: PrepareConfig) -> tuple[np.nda
     return classical_mask(image, work_size=work_size, area_range=(cfg.min_area, cfg.max_area))
 
 
+def _disk_error(cfg: PrepareConfig, exc: OSError, what: str) -> GarmentGenError:
+    """The run-level error for a full / read-only / forbidden output location."""
+    out = Path(cfg.output_dir).expanduser().resolve()
+    return GarmentGenError(
+        f"{out}: {disk_reason(exc)} while writing {what}; the run was stopped and nothing "
+        "was changed in output_dir (free some space or fix its permissions, then run again)"
+    )
+
+
+# A write that fails for these is about this sample's file name, not the output location.
+NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ})
+
+
+def _write_sample(aligned: Any, sample_id: str, cfg: PrepareConfig, tmp: Path) -> str | None:
+    """Write one sample's three PNGs; all or none of them end up on disk.
+
+    Returns None, or the reason the sample is skipped (its file name cannot be written).
+    Raises:
+        GarmentGenError: any other write failure (full, read-only or forbidden location, I/O
+            error): it would fail for every photo, so the run stops.
+    """
+    written: list[Path] = []
+    try:
+        for sub, arr in zip(
+            OUTPUT_SUBDIRS, (aligned.image, aligned.mask, aligned.photo), strict=True
+        ):
+            path = tmp / sub / f"{sample_id}.png"
+            save_png_atomic(arr, path)
+            written.append(path)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if exc.errno in NAME_ERRNOS:
+            return f"cannot write {sub}/{sample_id}.png: {exc.__class__.__name__}: {exc}"
+        raise _disk_error(cfg, exc, f"{sub}/{sample_id}.png") from None
+    return None
+
+
 def prepare_one(task: Task) -> dict[str, Any]:
-    """Prepare one photo into the temporary dataset folder; never raises for bad input."""
+    """Prepare one photo into the temporary dataset folder.
+
+    Bad input never raises: it becomes a ``skipped`` row with the reason.
+    Raises:
+        GarmentGenError: a run-level failure (the worker could not start, or the output
+            location is full or not writable).
+    """
+    if "init_error" in _WORKER:
+        raise GarmentGenError(_WORKER["init_error"])
     cfg: PrepareConfig = _WORKER["cfg"]
     tmp: Path = _WORKER["tmp"]
     row = _row(task.rel, task.sha256, task.split, task.label, id=task.id)
@@ -262,18 +420,24 @@ def prepare_one(task: Task) -> dict[str, Any]:
         mask, source = _get_mask(image, task, cfg)
         area = MaskCheck(cfg.min_area, cfg.max_area)(mask, task.source, source)
         aligned = align_garment(image, mask, cfg.resolution, cfg.margin, tuple(cfg.background))
-        save_png_atomic(aligned.image, tmp / "images" / f"{task.id}.png")
-        save_png_atomic(aligned.mask, tmp / "masks" / f"{task.id}.png")
-        save_png_atomic(aligned.photo, tmp / "photos" / f"{task.id}.png")
-        row.update(mask_source=source, mask_area=f"{area:.4f}", status="ok")
     except BadInputError as exc:
-        row.update(id="", status="skipped", reason=exc.reason)
+        # A mask file's fault names the mask file, not the photo of this row.
+        reason = exc.reason if exc.path == str(task.source) else f"{exc.path}: {exc.reason}"
+        row.update(id="", status="skipped", reason=reason)
         row["_code"] = exc.code
+        return row
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
         row.update(
             id="", status="skipped", reason=f"unexpected error: {exc.__class__.__name__}: {exc}"
         )
         row["_code"] = "error"
+        return row
+    problem = _write_sample(aligned, task.id, cfg, tmp)
+    if problem is not None:
+        row.update(id="", status="skipped", reason=problem)
+        row["_code"] = "write_error"
+        return row
+    row.update(mask_source=source, mask_area=f"{area:.4f}", status="ok")
     return row
 
 
@@ -324,13 +488,42 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> bool:
             "refusing to write into it (choose an empty or new folder)"
         )
     if existing == fingerprint:
-        return True
+        missing = _first_missing_file(out)
+        if missing is None:
+            return True
+        log.warning(
+            "output_dir=%s: %s (listed in its manifest) is missing or empty; rebuilding the dataset",
+            out,
+            missing,
+        )
+        return False
     if not overwrite:
         raise GarmentGenError(
             f"output_dir={out}: already holds a different prepared dataset (other inputs or settings); "
             "choose another output_dir, or pass overwrite=true to replace it"
         )
     return False
+
+
+def _first_missing_file(out: Path) -> str | None:
+    """The first file ``out/manifest.csv`` lists that is not on disk (or empty); None when all are.
+
+    Only ``stat`` calls: cheap enough to run on every re-run.
+    """
+    try:
+        with open(out / "manifest.csv", newline="") as f:
+            ids = [r["id"] for r in csv.DictReader(f) if r.get("status") == "ok"]
+    except (OSError, ValueError, KeyError, csv.Error):
+        return "manifest.csv"
+    for sample_id in ids:
+        for sub in OUTPUT_SUBDIRS:
+            rel = f"{sub}/{sample_id}.png"
+            try:
+                if (out / rel).stat().st_size == 0:
+                    return rel
+            except OSError:
+                return rel
+    return None
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -371,73 +564,249 @@ def _report(rows: list[dict[str, Any]], seconds: float) -> tuple[str, dict[str, 
     return "\n".join(lines) + "\n", stats
 
 
+class OutputLock:
+    """Exclusive, non-blocking lock on ``output_dir``: a file ``.<name>.lock`` beside it.
+
+    While one prepare holds it, a second one into the same folder is refused, and the
+    holder alone may delete temporary folders there. ``flock`` locks die with their process,
+    so a killed run never leaves a stale lock; the file is removed on release.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self.fd: int | None = None
+        self.locked = False
+
+    def _open(self) -> int:
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileExistsError, NotADirectoryError):
+            raise GarmentGenError(
+                f"output_dir={self.out}: cannot create its parent folder {self.out.parent} "
+                "(a file is in the way)"
+            ) from None
+        except OSError as exc:
+            raise GarmentGenError(
+                f"output_dir={self.out}: cannot write in {self.out.parent}: {disk_reason(exc)}"
+            ) from None
+
+    def __enter__(self) -> OutputLock:
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise GarmentGenError(
+                    f"output_dir={self.out}: another prepare is writing this folder right now "
+                    f"(it holds {self.path}); wait for it to finish, or choose another output_dir"
+                ) from None
+            except OSError as exc:  # a file system without locks (some network mounts)
+                log.warning(
+                    "cannot lock %s (%s); make sure no other prepare writes output_dir=%s",
+                    self.path,
+                    exc.strerror,
+                    self.out,
+                )
+                self.fd = fd
+                return self
+            # The previous holder unlinks the file on release: if it did so between our open
+            # and our lock, we hold a lock on a file nobody else will see; open it again.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd, self.locked = fd, True
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is for people reading the file; the lock is what counts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is None:
+            return
+        if self.locked:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd, self.locked = None, False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(out: Path, locked: bool) -> None:
+    """Clean up after interrupted runs; call while holding :class:`OutputLock`.
+
+    Holding the lock proves no live prepare owns a temporary folder here. Without a working
+    lock only folders whose writer process is gone are removed. A previous dataset moved
+    aside by a swap that was cut short is moved back.
+    """
+    for kind in ("tmp", "old"):
+        for stale in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not locked and pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                log.info("restoring the previous dataset from an interrupted run: %s", stale)
+                os.replace(stale, out)
+                continue
+            log.info("removing leftovers of an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _load_segmenter_in_parent(cfg: PrepareConfig) -> Any:
+    """Load ``segmenter=`` once before any work: a bad file is one error line, not a hung pool."""
+    if not cfg.segmenter:
+        return None
+    if not Path(cfg.segmenter).is_file():
+        raise GarmentGenError(f"segmenter={cfg.segmenter}: file not found")
+    try:
+        return _load_segmenter(cfg.segmenter)
+    except GarmentGenError as exc:
+        msg = str(exc).removeprefix(f"{Path(cfg.segmenter)}: ")
+        raise GarmentGenError(f"segmenter={cfg.segmenter}: {msg}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways
+        raise GarmentGenError(
+            f"segmenter={cfg.segmenter}: cannot load it ({exc.__class__.__name__}: {exc}); "
+            "export one with `python -m garment_gen.train stage=segmenter`"
+        ) from None
+
+
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run data preparation; returns the summary stats written to ``dataset.json``.
 
+    Settings, paths, the segmenter and the output location are checked before any work.
+
     Raises:
-        GarmentGenError: no inputs, unusable output folder, or nothing could be prepared.
+        GarmentGenError: a bad setting, no inputs, unusable or locked output folder, a full or
+            read-only disk, or nothing could be prepared.
     """
     t0 = time.time()
-    if cfg.resolution < 8 or cfg.resolution & (cfg.resolution - 1):
-        raise GarmentGenError(
-            f"resolution={cfg.resolution}: must be a power of two (e.g. 64, 128, 256)"
-        )
+    check_settings(cfg)
     if cfg.mask_dir and not Path(cfg.mask_dir).is_dir():
         raise GarmentGenError(f"mask_dir={cfg.mask_dir}: not a folder")
-    if cfg.segmenter and not Path(cfg.segmenter).is_file():
-        raise GarmentGenError(f"segmenter={cfg.segmenter}: file not found")
-    out = Path(cfg.output_dir).expanduser().resolve()
-    tasks, ignored = scan_inputs(cfg)
-    fingerprint = _fingerprint(cfg, tasks, ignored)
-    if _check_output(out, fingerprint, cfg.overwrite):
-        log.info(
-            "output_dir=%s is already up to date (same inputs and settings); nothing to do", out
-        )
-        return json.loads((out / "dataset.json").read_text())["stats"]
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        log.info("removing leftovers of an interrupted run: %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        workers = cfg.workers or min(len(tasks), os.cpu_count() or 1)
-        rows: list[dict[str, Any]] = []
-        if workers <= 1:
-            _init_worker(cfg, str(tmp))
-            rows = [_progress(i, len(tasks), prepare_one(t)) for i, t in enumerate(tasks)]
-        else:
-            ctx = mp.get_context("spawn" if cfg.segmenter else "fork")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(tmp))) as pool:
-                for i, row in enumerate(pool.imap(prepare_one, tasks, chunksize=4)):
-                    rows.append(_progress(i, len(tasks), row))
-        rows.extend(ignored)
-        rows.sort(key=lambda r: r["source_path"])
-        n_ok = sum(r["status"] == "ok" for r in rows)
-        text, stats = _report(rows, time.time() - t0)
-        if n_ok == 0:
-            raise GarmentGenError(f"input_dir={cfg.input_dir}: no image could be prepared.\n{text}")
-        _write_csv(rows, tmp / "manifest.csv")
-        (tmp / "report.txt").write_text(text)
-        meta = {
-            "format": DATASET_FORMAT,
-            "garment_gen_version": __version__,
-            "fingerprint": fingerprint,
-            "resolution": cfg.resolution,
-            "background": list(cfg.background),
-            "input_dir": str(Path(cfg.input_dir).resolve()),
-            "settings": cfg.fingerprint_settings(),
-            "stats": stats,
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _, out = _check_paths(cfg)
+    segmenter = _load_segmenter_in_parent(cfg)
+    with OutputLock(out) as lock:
+        _remove_leftovers(out, lock.locked)
+        tasks, ignored = scan_inputs(cfg)
+        fingerprint = _fingerprint(cfg, tasks, ignored)
+        if _check_output(out, fingerprint, cfg.overwrite):
+            log.info(
+                "output_dir=%s is already up to date (same inputs and settings); nothing to do",
+                out,
+            )
+            return json.loads((out / "dataset.json").read_text())["stats"]
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        try:
+            try:
+                tmp.mkdir()
+            except OSError as exc:
+                if is_disk_error(exc):
+                    raise _disk_error(cfg, exc, tmp.name) from None
+                raise
+            rows = _process(tasks, cfg, tmp, segmenter)
+            text, stats = _finish(rows, ignored, cfg, fingerprint, tmp, out, t0)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log.info("%s", text.split("\nskipped inputs:")[0].rstrip())
     log.info("dataset written to %s (full report: %s)", out, out / "report.txt")
     return stats
+
+
+def _process(
+    tasks: list[Task], cfg: PrepareConfig, tmp: Path, segmenter: Any
+) -> list[dict[str, Any]]:
+    """Run :func:`prepare_one` over ``tasks`` in this process or a pool; rows in task order."""
+    workers = min(cfg.workers or os.cpu_count() or 1, len(tasks))
+    if workers <= 1:
+        _init_worker(cfg, str(tmp), segmenter)
+        return [_progress(i, len(tasks), prepare_one(t)) for i, t in enumerate(tasks)]
+    ctx = mp.get_context("spawn" if cfg.segmenter else "fork")
+    rows: list[dict[str, Any]] = []
+    # Children start with SIGINT ignored (the disposition is inherited), so Ctrl-C reaches
+    # only this process, which stops the pool and cleans up once.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, str(tmp), None, True)
+        )
+        results = pool.map(prepare_one, tasks, chunksize=4)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old_handler)
+    try:
+        for i, row in enumerate(results):
+            rows.append(_progress(i, len(tasks), row))
+    except BrokenProcessPool:
+        raise GarmentGenError(
+            "a prepare worker process died (killed, or out of memory?); "
+            "run again with fewer workers, e.g. workers=1"
+        ) from None
+    finally:
+        # Pending photos are dropped; running ones finish before the caller removes tmp.
+        pool.shutdown(wait=True, cancel_futures=True)
+    return rows
+
+
+def _finish(
+    rows: list[dict[str, Any]],
+    ignored: list[dict[str, Any]],
+    cfg: PrepareConfig,
+    fingerprint: str,
+    tmp: Path,
+    out: Path,
+    t0: float,
+) -> tuple[str, dict[str, Any]]:
+    """Write manifest, report and metadata into ``tmp`` and move it to ``out``."""
+    rows = sorted(rows + ignored, key=lambda r: r["source_path"])
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    text, stats = _report(rows, time.time() - t0)
+    if n_ok == 0:
+        raise GarmentGenError(f"input_dir={cfg.input_dir}: no image could be prepared.\n{text}")
+    meta = {
+        "format": DATASET_FORMAT,
+        "garment_gen_version": __version__,
+        "fingerprint": fingerprint,
+        "resolution": cfg.resolution,
+        "background": list(cfg.background),
+        "input_dir": str(Path(cfg.input_dir).resolve()),
+        "settings": cfg.fingerprint_settings(),
+        "stats": stats,
+    }
+    what = "manifest.csv"
+    try:
+        _write_csv(rows, tmp / "manifest.csv")
+        what = "report.txt"
+        (tmp / "report.txt").write_text(text)
+        what = "dataset.json"
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        what = out.name
+        _swap_into_place(tmp, out)
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise _disk_error(cfg, exc, what) from None
+        raise
+    return text, stats
 
 
 def _progress(i: int, n: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -476,8 +845,9 @@ def config_from_dict(d: dict[str, Any]) -> PrepareConfig:
                 f"{req} is required: python -m garment_gen.prepare input_dir=PHOTOS output_dir=OUT [resolution=256] [mask_dir=MASKS]"
             )
     d = dict(d)
-    if d.get("background") is not None:
-        d["background"] = tuple(int(c) for c in d["background"])
+    bg = d.get("background")
+    if isinstance(bg, (list, tuple)) and all(_is_int(c) for c in bg):
+        d["background"] = tuple(bg)  # anything else is named by check_settings
     return PrepareConfig(**d)
 
 
@@ -494,7 +864,15 @@ def main() -> None:
     def _app(cfg) -> None:
         d = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
         d.pop("hydra", None)
-        prepare(config_from_dict(d))
+        try:
+            prepare(config_from_dict(d))
+        except KeyboardInterrupt:
+            print(
+                f"error: interrupted; the unfinished dataset was removed and "
+                f"output_dir={d.get('output_dir')} was left as it was",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
 
     _app()
 

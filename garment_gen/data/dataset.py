@@ -20,6 +20,30 @@ from garment_gen.data.occlusion import TextureConfig, make_texture
 from garment_gen.errors import GarmentGenError
 
 SPLITS = ("train", "validation", "test")
+REPREPARE = "the dataset changed after prepare; re-run garment_gen.prepare to rebuild it"
+
+
+class SampleReadError(GarmentGenError):
+    """A prepared sample file cannot be read.
+
+    A DataLoader worker re-raises an exception in the main process as
+    ``type(exc)("Caught X in DataLoader worker process 0. Original Traceback ...")``; this
+    class takes its own one-line message back out of that text, so the command line still
+    prints one ``error:`` line naming the file.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(self._original(str(message)))
+
+    @classmethod
+    def _original(cls, message: str) -> str:
+        if not message.startswith("Caught ") or "Original Traceback" not in message:
+            return message
+        marker = f"{cls.__name__}: "
+        for line in reversed(message.strip().splitlines()):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+        return message.strip().splitlines()[-1]
 
 
 def read_dataset_meta(root: str | Path) -> dict[str, Any]:
@@ -96,6 +120,7 @@ class GarmentDataset(Dataset):
         self.meta = read_dataset_meta(self.root)
         self.rows = read_manifest(self.root, split)
         self.split = split
+        self._check_files()
         self.native_resolution = int(self.meta["resolution"])
         self.resolution = int(resolution or self.native_resolution)
         self.background = tuple(int(c) for c in self.meta.get("background", (255, 255, 255)))
@@ -124,14 +149,37 @@ class GarmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _check_files(self) -> None:
+        """Every image and mask the manifest lists exists (``stat`` only, cheap at setup).
+
+        Raises:
+            GarmentGenError: names the first missing file and how many are missing.
+        """
+        missing = [
+            path
+            for row in self.rows
+            for path in (
+                self.root / "images" / f"{row['id']}.png",
+                self.root / "masks" / f"{row['id']}.png",
+            )
+            if not path.is_file()
+        ]
+        if missing:
+            more = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
+            raise GarmentGenError(
+                f"{missing[0]}: listed in {self.root / 'manifest.csv'} but missing{more}; "
+                + REPREPARE
+            )
+
     def _read(self, sub: str, sample_id: str, gray: bool) -> np.ndarray:
         path = self.root / sub / f"{sample_id}.png"
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("L" if gray else "RGB"))
-        except (OSError, ValueError) as exc:
-            raise GarmentGenError(
-                f"{path}: cannot read prepared sample ({exc}); re-run garment_gen.prepare"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            reason = " ".join(str(exc).split()) or exc.__class__.__name__
+            raise SampleReadError(
+                f"{path}: cannot read prepared sample ({reason}); {REPREPARE}"
             ) from None
         if arr.shape[0] != self.resolution:
             interp = cv2.INTER_AREA if arr.shape[0] > self.resolution else cv2.INTER_CUBIC

@@ -53,7 +53,9 @@ def _work_size(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
     scale = min(1.0, long_side / max(h, w))
     if scale < 1.0:
         image = cv2.resize(
-            image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+            image,
+            (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA,
         )
     return image, scale
 
@@ -183,9 +185,13 @@ def load_mask_file(
         max_grey_share: masks with more pixels strictly between dark and bright
             than this share are rejected as not binary (JPEG edge noise is fine).
     Raises:
-        BadInputError: unreadable, wrong size, or not binary.
+        BadInputError: unreadable, wrong size, or not binary; ``path`` is the mask file and
+            ``code`` is always ``bad_mask`` (a broken mask is not a broken photo).
     """
-    gray = load_gray(path)
+    try:
+        gray = load_gray(path)
+    except BadInputError as exc:
+        raise BadInputError(path, f"unreadable mask file: {exc.reason}", "bad_mask") from None
     if gray.shape != tuple(expected_hw):
         raise BadInputError(
             path,

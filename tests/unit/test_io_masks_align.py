@@ -179,3 +179,43 @@ def test_align_same_garment_at_two_scales_matches():
     a = align_garment(img, mask, 64)
     b = align_garment(small, np.ascontiguousarray(mask[::2, ::2]), 64)
     assert iou(a.mask, b.mask) > 0.9
+
+
+# ---------------------------------------------------------------- odd files
+
+
+def test_16bit_grey_png_is_scaled_not_clipped(tmp_path: Path):
+    img, _ = garment_photo(seed=2)
+    grey = img.mean(2).round().astype(np.uint8)
+    p = tmp_path / "grey16.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(p)  # full 16-bit range
+    assert Image.open(p).mode == "I;16"
+    rgb = load_rgb(p)
+    assert rgb.dtype == np.uint8 and np.abs(rgb.astype(int) - grey[..., None]).max() <= 1
+    assert np.abs(load_gray(p).astype(int) - grey).max() <= 1
+
+
+def test_float_and_int32_images_are_scaled():
+    from garment_gen.data.io import _to_8bit
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    out = np.asarray(_to_8bit(Image.fromarray(ramp, "F")))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    wide = Image.fromarray((ramp * 65535).astype(np.int32), "I")
+    assert np.asarray(_to_8bit(wide)).max() == 255
+
+
+def test_thin_image_rejected_with_a_clear_reason(tmp_path: Path):
+    p = tmp_path / "thin.png"
+    Image.fromarray(np.full((12, 4000, 3), 90, np.uint8)).save(p)
+    with pytest.raises(BadInputError, match="image too thin: 4000x12 px") as e:
+        load_rgb(p)
+    assert e.value.code == "too_thin"
+
+
+def test_unreadable_mask_file_is_a_bad_mask_naming_the_mask(tmp_path: Path):
+    p = tmp_path / "m.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(BadInputError, match="unreadable mask file") as e:
+        load_mask_file(p, (20, 10))
+    assert e.value.code == "bad_mask" and e.value.path == str(p)
