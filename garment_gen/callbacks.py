@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 log = logging.getLogger(__name__)
@@ -76,3 +78,106 @@ class BatchCheckpoint(ModelCheckpoint):
         if self.monitor is None or self.monitor in candidates:
             self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+
+class CpuTimeBudget(pl.Callback):
+    """Stop a GAN run after ``minutes`` of this process's CPU time, and probe it on the way.
+
+    CPU time (all threads of the process; use ``data.num_workers=0`` so data loading is
+    counted too) is what an A/B on a shared machine can hold equal: wall clock is not, when
+    other jobs run beside it. Every ``probe_every`` CPU-minutes (and at the end) the probe
+    draws ``n_probe`` images from ``G_ema``, scores them against the validation split with
+    :class:`~garment_gen.metrics.RealismMetric` (FD-VGG and KID-VGG: a network the
+    discriminator does not look through), saves the sample grid as
+    ``probe/cpu<minutes>min.png`` and appends a row to ``probe/probe.csv`` (CPU minutes, wall
+    minutes, kimg, fd_vgg, kid_vgg). The probe's own CPU time is not counted against the budget.
+    """
+
+    def __init__(
+        self,
+        minutes: float | None = None,
+        probe_every: float | None = 5.0,
+        n_probe: int = 256,
+        probe_size: int = 64,
+        seed: int = 123,
+    ):
+        super().__init__()
+        self.minutes = minutes
+        self.probe_every = probe_every
+        self.n_probe = int(n_probe)
+        self.probe_size = int(probe_size)
+        self.seed = int(seed)
+        self._start_cpu = 0.0
+        self._start_wall = 0.0
+        self._excluded = 0.0
+        self._next_probe = probe_every
+        self._last_probe = -1.0
+        self._metric = None
+        self._reals: torch.Tensor | None = None
+
+    def cpu_minutes(self) -> float:
+        return (time.process_time() - self._start_cpu - self._excluded) / 60
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_cpu = time.process_time()
+        self._start_wall = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        used = self.cpu_minutes()
+        pl_module.log("train/cpu_min", used, on_step=True, on_epoch=False, batch_size=1)
+        if self._next_probe is not None and used >= self._next_probe:
+            self.probe(trainer, pl_module, used)
+            while self._next_probe <= used:
+                self._next_probe += self.probe_every
+        if self.minutes is not None and used >= self.minutes:
+            pl_module.stop_reason = f"reached the CPU-time budget ({self.minutes:g} CPU-minutes)"
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        used = self.cpu_minutes()
+        if self.probe_every is not None and used - self._last_probe > 0.05:
+            self.probe(trainer, pl_module, used, log_metrics=False)
+
+    @torch.no_grad()
+    def probe(
+        self, trainer, pl_module, used: float, log_metrics: bool = True
+    ) -> dict[str, float] | None:
+        if not trainer.is_global_zero or not hasattr(pl_module, "G_ema"):
+            return None
+        from garment_gen.metrics import RealismMetric
+        from garment_gen.utils.images import grid, save_png
+
+        t0 = time.process_time()
+        self._last_probe = used
+        if self._metric is None:
+            self._metric = RealismMetric("fd_vgg", size=self.probe_size)
+            dm = trainer.datamodule
+            reals = [b["image"] for b in dm.val_dataloader()]
+            self._reals = torch.cat(reals)
+        metric = self._metric
+        metric.reset()
+        metric.update(self._reals, real=True)
+        g = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(self.n_probe, pl_module.G.z_dim, generator=g)
+        fakes = torch.cat([pl_module.generate(c).clamp(-1, 1).cpu() for c in z.split(64)])
+        metric.update(fakes, real=False)
+        values = {k: float(v) for k, v in metric.compute_all().items()}
+        row = {
+            "cpu_min": round(used, 3),
+            "wall_min": round((time.monotonic() - self._start_wall) / 60, 3),
+            "kimg": round(float(getattr(pl_module, "kimg", 0.0)), 3),
+            **{k: round(v, 5) for k, v in values.items()},
+        }
+        out = Path(trainer.default_root_dir) / "probe"
+        save_png(grid(fakes[:64], nrow=8), out / f"cpu{used:06.1f}min.png")
+        table = out / "probe.csv"
+        new = not table.exists()
+        with open(table, "a") as f:
+            if new:
+                f.write(",".join(row) + "\n")
+            f.write(",".join(str(v) for v in row.values()) + "\n")
+        for k, v in values.items() if log_metrics else ():
+            pl_module.log(f"probe/{k}", v, on_step=True, on_epoch=False, batch_size=1)
+        log.info("probe at %.1f CPU-min: %s", used, row)
+        self._excluded += time.process_time() - t0
+        return row

@@ -338,7 +338,16 @@ def main() -> None:
         for a in argv
     ):
         check_group_choice(argv, conf, "stage", required=True)
-    for group in ("trainer", "logger", "data", "debug", "experiment", "cluster", "hparams_search"):
+    for group in (
+        "trainer",
+        "logger",
+        "data",
+        "debug",
+        "experiment",
+        "cluster",
+        "hparams_search",
+        "gan",
+    ):
         check_group_choice(argv, conf, group, required=False)
 
     check_run_folder(argv, conf)

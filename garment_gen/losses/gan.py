@@ -25,7 +25,9 @@ from torch import nn
 
 from garment_gen.errors import ConfigError
 from garment_gen.losses.adversarial import (
+    d_hinge_loss,
     d_logistic_loss,
+    g_hinge_loss,
     g_nonsaturating_loss,
     lazy_reg_adam_hparams,
     path_length_penalty,
@@ -55,16 +57,6 @@ class Phase:
     net: str  # "G" or "D"
     interval: int
     fn: Callable[[GANParts, torch.Tensor], tuple[torch.Tensor, Logs]]
-
-
-def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator hinge loss ``relu(1 - D(x)) + relu(1 + D(G(z)))``, means over all logits."""
-    return torch.relu(1 - real_logits).mean() + torch.relu(1 + fake_logits).mean()
-
-
-def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator hinge loss ``-D(G(z))``, mean over all logits."""
-    return -fake_logits.mean()
 
 
 _LOSSES = {
