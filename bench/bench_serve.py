@@ -151,6 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
         f"images on average (largest so far {stats['largest_batch']}); the model was busy "
         f"{stats['run_busy_s'] / load.duration_s:.0%} of the time"
     )
+    series = load.rss_series_mib
+    if len(series) >= 6:
+        third = len(series) // 3
+        first, last = sum(series[:third]) / third, sum(series[-third:]) / third
+        result["rss_first_third_mib"], result["rss_last_third_mib"] = first, last
+        print(
+            f"  server RSS during the run: {min(series):.0f}-{max(series):.0f} MiB; mean of the "
+            f"first third {first:.0f}, of the last third {last:.0f}"
+        )
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     print(f"load average after {after['loadavg']}; wrote {args.json}")
     return result
 

@@ -1,4 +1,4 @@
-"""End to end in a real headless browser: the studio page on the real server.
+"""The real studio server in a subprocess: end to end in a headless browser, and under load.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium
 chromium-driver``; ``.ci/run`` installs them) and Selenium (the ``dev`` extra). Without them
@@ -10,10 +10,12 @@ screenshot of the page after the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -217,4 +219,27 @@ def test_studio_page_generates_garments_end_to_end(browser, server):
         d.set_window_size(1440, 1400)
         d.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.5)
+        from PIL import Image
+
         d.save_screenshot(shot)
+        palette = Image.open(shot).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+        palette.save(shot, optimize=True)  # a third of the size, the same to the eye
+
+
+def test_load_on_the_real_server(server, capsys):
+    """16 clients for 6 s on the real server: no errors, batched, memory flat."""
+    from garment_gen.serve.loadtest import run_load
+
+    single = run_load(server.url, clients=1, duration_s=2, pid=server.pid)
+    load = run_load(server.url, clients=16, duration_s=6, pid=server.pid, warmup_s=2)
+    with urllib.request.urlopen(server.url + "/healthz") as r:
+        alive = json.loads(r.read())
+    with capsys.disabled():
+        print(f"\n[serve load] single client: {single.summary()}\n[serve load] {load.summary()}")
+    assert single.errors == 0 and load.errors == 0, load.error_samples
+    assert load.ok > 16
+    stats = load.server["models"]["reference"]
+    assert stats["largest_batch"] >= 4, stats  # concurrent requests were batched
+    assert stats["rejected"] == 0
+    assert load.rss_after_mib - load.rss_before_mib < 64  # flat once warm
+    assert alive["status"] == "ok"

@@ -404,8 +404,9 @@ def create_app(settings: ServeSettings | None = None, generator=None) -> FastAPI
         title="garment_gen design studio",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI would load its scripts from a CDN; the README has the API
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.studio = studio
 
