@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -380,6 +380,222 @@ class Guard:
             self.studio.inflight -= heavy
 
 
+# ----------------------------------------------------------------------------- errors
+
+
+def error_response(status: int, message: str, field: str | None = None, headers=None):
+    """The one-line JSON error every refusal is: ``{"error": "...", "field": ...}``."""
+    message = " ".join(str(message).split())
+    return JSONResponse({"error": message, "field": field}, status, headers=headers)
+
+
+async def _on_error(request: Request, exc: ErrorResponse):
+    return error_response(exc.err.status, exc.err.message, exc.err.field, exc.headers)
+
+
+async def _on_upload(request: Request, exc: UploadError):
+    return error_response(exc.status, exc.message, exc.field)
+
+
+async def _on_user(request: Request, exc: GarmentGenError):
+    return error_response(422, str(exc))
+
+
+async def _on_http(request: Request, exc: HTTPException):
+    text = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, f"{text}: {request.method} {request.url.path}")
+
+
+async def _on_validation(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+    return error_response(422, f"{loc or 'request'}: {first.get('msg', 'invalid')}", loc)
+
+
+async def _on_crash(request: Request, exc: Exception):
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error ({exc.__class__.__name__}); see the server log")
+
+
+HANDLERS = {
+    ErrorResponse: _on_error,
+    UploadError: _on_upload,
+    GarmentGenError: _on_user,
+    HTTPException: _on_http,
+    RequestValidationError: _on_validation,
+    Exception: _on_crash,
+}
+
+# ----------------------------------------------------------------------------- endpoints
+
+router = APIRouter()
+
+
+def _studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    """The studio page."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/healthz")
+async def healthz(request: Request):
+    """Liveness plus per-model queue counters."""
+    studio = _studio(request)
+    models = {}
+    for name, slot in studio.slots.items():
+        q = slot.queue
+        models[name] = {
+            "loaded": slot.gen is not None,
+            "pending": q.pending if q else 0,
+            **(asdict(q.stats) if q else {}),
+            "cached_inputs": len(slot.cache),
+        }
+    return {
+        "status": "ok",
+        "uptime_s": round(time.time() - studio.started, 1),
+        "inflight": studio.inflight,
+        "models": models,
+    }
+
+
+@router.get("/api/models")
+async def models(request: Request):
+    """Models the studio can use: shipped ones and the served one, with card summaries."""
+    studio, s = _studio(request), _studio(request).settings
+    return {
+        "default": studio.default,
+        "models": [slot.describe(studio.default) for slot in studio.slots.values()],
+        "limits": {
+            "max_upload_mb": s.max_upload_mb,
+            "max_pixels": s.max_pixels,
+            "max_grid": s.max_grid,
+            "max_variations": s.max_variations,
+        },
+    }
+
+
+@router.get("/api/samples")
+async def samples(request: Request):
+    """Sample garments (test and validation splits of the bundled sample)."""
+    return {
+        "samples": _studio(request).samples.listing(),
+        "mask_url": "/api/samples/{id}/mask.png",
+        "image_url": "/api/samples/{id}/image.png",
+    }
+
+
+@router.get("/api/samples/{sample_id}/{kind}.png")
+async def sample_file(request: Request, sample_id: str, kind: str):
+    """A sample's mask (``mask.png``) or garment image (``image.png``), by manifest id only."""
+    sample = _studio(request).samples.get(sample_id)
+    if sample is None or kind not in ("mask", "image"):
+        raise ErrorResponse(404, f"no sample file {sample_id[:64]}/{kind[:16]}.png")
+    path = sample.mask if kind == "mask" else sample.image
+    return Response(
+        path.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+    )
+
+
+def _batch_key(truncation: float, seed: int | None, form: Form) -> tuple:
+    """Jobs with equal keys share a pass; a seeded job runs alone (reproducible noise)."""
+    return (
+        ("generate", truncation, seed) if seed is None else ("generate", truncation, seed, id(form))
+    )
+
+
+@router.post("/api/generate")
+async def generate(request: Request):
+    """One garment (PNG), or ``variations`` garments (JSON of base64 PNGs)."""
+    studio = _studio(request)
+    form = await studio.read(request)
+    slot = await studio.slot(form.first("model") and form.first("model").text())
+    truncation = _number(form, "truncation", float, 1.0, 0.0, 1.0)
+    seed = _number(form, "seed", int, None, 0, SEED_MAX)
+    n = _number(form, "variations", int, 1, 1, studio.settings.max_variations)
+    strength = _number(form, "strength", float, 0.6, 0.0, 1.0)
+    mask = (await studio.inputs(slot, form, "shape", 1))[0][0]
+    texture = (await studio.inputs(slot, form, "texture", 1))[0][0]
+    headers = {"X-Model": slot.name, "Cache-Control": "no-store"}
+    if n == 1:
+        job = GenerateJob(mask, texture)
+        img = await studio.submit(slot, _batch_key(truncation, seed, form), job, 1)
+        return Response(png_bytes(img[0]), media_type="image/png", headers=headers)
+    seed = random.randrange(SEED_MAX) if seed is None else seed
+    job = VariationsJob(mask, texture, n, seed, truncation, strength)
+    imgs = await studio.submit(slot, ("variations", id(job)), job, n + 1)
+    pngs = await run_in_threadpool(lambda: [b64(png_bytes(i)) for i in imgs])
+    return JSONResponse({"model": slot.name, "seed": seed, "images": pngs}, headers=headers)
+
+
+def grid_files(
+    masks: torch.Tensor,
+    textures: torch.Tensor,
+    images: torch.Tensor,
+    shape_names: list[str],
+    texture_names: list[str],
+) -> tuple[bytes, bytes]:
+    """``(grid PNG, ZIP)`` for images ``[S, T, 3, R, R]`` (see ``generate.labelled_grid``).
+
+    The ZIP holds ``grid.png`` and ``cells/r<i>_c<j>_<shape>__<texture>.png``.
+    """
+    from garment_gen.generate import labelled_grid
+
+    sheet = labelled_grid(masks, textures, images, shape_names, texture_names)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(sheet)).save(buf, format="PNG")
+    grid_png = buf.getvalue()
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("grid.png", grid_png)
+        for i, shape_name in enumerate(shape_names):
+            for j, texture_name in enumerate(texture_names):
+                name = f"cells/r{i + 1}_c{j + 1}_{shape_name}__{texture_name}.png"
+                zf.writestr(name, png_bytes(images[i, j]))
+    return grid_png, zbuf.getvalue()
+
+
+@router.post("/api/grid")
+async def grid(request: Request):
+    """Every shape x texture: JSON ``{"grid": base64 PNG, "zip": base64 ZIP, ...}``.
+
+    ``format=png`` answers the grid PNG itself, ``format=zip`` the ZIP itself.
+    """
+    studio = _studio(request)
+    form = await studio.read(request, grid=True)
+    fmt = (form.first("format").text() if form.first("format") else "") or "json"
+    if fmt not in ("json", "png", "zip"):
+        raise ErrorResponse(422, f"format: json, png or zip, got {fmt[:16]!r}", "format")
+    slot = await studio.slot(form.first("model") and form.first("model").text())
+    truncation = _number(form, "truncation", float, 1.0, 0.0, 1.0)
+    seed = _number(form, "seed", int, None, 0, SEED_MAX)
+    shapes = await studio.inputs(slot, form, "shape", studio.settings.max_grid)
+    textures = await studio.inputs(slot, form, "texture", studio.settings.max_grid)
+    s, t = len(shapes), len(textures)
+    masks = torch.cat([m for m, _ in shapes])
+    texs = torch.cat([x for x, _ in textures])
+    job = GenerateJob(masks.repeat_interleave(t, 0), texs.repeat(s, 1, 1, 1))
+    imgs = await studio.submit(slot, _batch_key(truncation, seed, form), job, s * t)
+    names = [label for _, label in shapes], [label for _, label in textures]
+    grid_png, zip_bytes = await run_in_threadpool(
+        grid_files, masks, texs, imgs.view(s, t, *imgs.shape[1:]), *names
+    )
+    headers = {"X-Model": slot.name, "Cache-Control": "no-store"}
+    if fmt == "png":
+        return Response(grid_png, media_type="image/png", headers=headers)
+    if fmt == "zip":
+        headers["Content-Disposition"] = 'attachment; filename="garments.zip"'
+        return Response(zip_bytes, media_type="application/zip", headers=headers)
+    body = {"model": slot.name, "shapes": names[0], "textures": names[1]}
+    return JSONResponse({**body, "grid": b64(grid_png), "zip": b64(zip_bytes)}, headers=headers)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
 def create_app(settings: ServeSettings | None = None, generator=None) -> FastAPI:
     """Build the FastAPI app (loads the default model now, so a bad one fails before serving).
 
@@ -391,8 +607,7 @@ def create_app(settings: ServeSettings | None = None, generator=None) -> FastAPI
     Raises:
         GarmentGenError: unknown model name, missing file, unavailable device.
     """
-    settings = settings or ServeSettings()
-    studio = Studio(settings, generator)
+    studio = Studio(settings or ServeSettings(), generator)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -402,201 +617,17 @@ def create_app(settings: ServeSettings | None = None, generator=None) -> FastAPI
 
     app = FastAPI(
         title="garment_gen design studio",
-        version="1",
         lifespan=lifespan,
         docs_url=None,  # Swagger UI would load its scripts from a CDN; the README has the API
         redoc_url=None,
         openapi_url=None,
     )
     app.state.studio = studio
-
-    def error(status: int, message: str, field: str | None = None, headers=None):
-        message = " ".join(str(message).split())
-        return JSONResponse({"error": message, "field": field}, status, headers=headers)
-
-    @app.exception_handler(ErrorResponse)
-    async def _on_error(request: Request, exc: ErrorResponse):
-        return error(exc.err.status, exc.err.message, exc.err.field, exc.headers)
-
-    @app.exception_handler(UploadError)
-    async def _on_upload(request: Request, exc: UploadError):
-        return error(exc.status, exc.message, exc.field)
-
-    @app.exception_handler(GarmentGenError)
-    async def _on_user(request: Request, exc: GarmentGenError):
-        return error(422, str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def _on_http(request: Request, exc: HTTPException):
-        text = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return error(exc.status_code, f"{text}: {request.method} {request.url.path}")
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_validation(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
-        return error(422, f"{loc or 'request'}: {first.get('msg', 'invalid')}", loc)
-
-    @app.exception_handler(Exception)
-    async def _on_crash(request: Request, exc: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return error(500, f"internal error ({exc.__class__.__name__}); see the server log")
-
-    app.add_middleware(Guard, studio=studio, error=error)
-
-    # ------------------------------------------------------------------ pages and listings
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
+    app.add_middleware(Guard, studio=studio, error=error_response)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/healthz")
-    async def healthz():
-        """Liveness plus per-model queue counters."""
-        models = {}
-        for name, slot in studio.slots.items():
-            q = slot.queue
-            models[name] = {
-                "loaded": slot.gen is not None,
-                "pending": q.pending if q else 0,
-                **(asdict(q.stats) if q else {}),
-                "cached_inputs": len(slot.cache),
-            }
-        return {
-            "status": "ok",
-            "uptime_s": round(time.time() - studio.started, 1),
-            "inflight": studio.inflight,
-            "models": models,
-        }
-
-    @app.get("/api/models")
-    async def models():
-        """Models the studio can use: shipped ones and the served one, with card summaries."""
-        return {
-            "default": studio.default,
-            "models": [slot.describe(studio.default) for slot in studio.slots.values()],
-            "limits": {
-                "max_upload_mb": settings.max_upload_mb,
-                "max_pixels": settings.max_pixels,
-                "max_grid": settings.max_grid,
-                "max_variations": settings.max_variations,
-            },
-        }
-
-    @app.get("/api/samples")
-    async def samples():
-        """Sample garments (test and validation splits of the bundled sample)."""
-        return {
-            "samples": studio.samples.listing(),
-            "mask_url": "/api/samples/{id}/mask.png",
-            "image_url": "/api/samples/{id}/image.png",
-        }
-
-    @app.get("/api/samples/{sample_id}/{kind}.png")
-    async def sample_file(sample_id: str, kind: str):
-        """A sample's mask (``mask.png``) or garment image (``image.png``)."""
-        sample = studio.samples.get(sample_id)
-        if sample is None or kind not in ("mask", "image"):
-            raise ErrorResponse(404, f"no sample file {sample_id[:64]}/{kind[:16]}.png")
-        path = sample.mask if kind == "mask" else sample.image
-        return Response(
-            path.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"}
-        )
-
-    # ------------------------------------------------------------------ generation
-
-    @app.post("/api/generate")
-    async def generate(request: Request):
-        """One garment (PNG), or ``variations`` garments (JSON of base64 PNGs)."""
-        form = await studio.read(request)
-        slot = await studio.slot(form.first("model") and form.first("model").text())
-        truncation = _number(form, "truncation", float, 1.0, 0.0, 1.0)
-        seed = _number(form, "seed", int, None, 0, SEED_MAX)
-        n = _number(form, "variations", int, 1, 1, settings.max_variations)
-        strength = _number(form, "strength", float, 0.6, 0.0, 1.0)
-        mask = (await studio.inputs(slot, form, "shape", 1))[0][0]
-        texture = (await studio.inputs(slot, form, "texture", 1))[0][0]
-        headers = {"X-Model": slot.name, "Cache-Control": "no-store"}
-        if n == 1:
-            key = (
-                ("generate", truncation, seed)
-                if seed is None
-                else ("generate", truncation, seed, id(form))
-            )
-            img = await studio.submit(slot, key, GenerateJob(mask, texture), 1)
-            return Response(png_bytes(img[0]), media_type="image/png", headers=headers)
-        seed = random.randrange(SEED_MAX) if seed is None else seed
-        job = VariationsJob(mask, texture, n, seed, truncation, strength)
-        imgs = await studio.submit(slot, ("variations", id(job)), job, n + 1)
-        return JSONResponse(
-            {"model": slot.name, "seed": seed, "images": [b64(png_bytes(i)) for i in imgs]},
-            headers=headers,
-        )
-
-    @app.post("/api/grid")
-    async def grid(request: Request):
-        """Every shape x texture: JSON ``{"grid": base64 PNG, "zip": base64 ZIP, ...}``.
-
-        ``format=png`` answers the grid PNG itself, ``format=zip`` the ZIP itself.
-        """
-        from garment_gen.generate import labelled_grid
-
-        form = await studio.read(request, grid=True)
-        fmt = (form.first("format").text() if form.first("format") else "") or "json"
-        if fmt not in ("json", "png", "zip"):
-            raise ErrorResponse(422, f"format: json, png or zip, got {fmt[:16]!r}", "format")
-        slot = await studio.slot(form.first("model") and form.first("model").text())
-        truncation = _number(form, "truncation", float, 1.0, 0.0, 1.0)
-        seed = _number(form, "seed", int, None, 0, SEED_MAX)
-        shapes = await studio.inputs(slot, form, "shape", settings.max_grid)
-        textures = await studio.inputs(slot, form, "texture", settings.max_grid)
-        s, t = len(shapes), len(textures)
-        masks = torch.cat([m for m, _ in shapes])
-        texs = torch.cat([x for x, _ in textures])
-        pair_masks = masks.repeat_interleave(t, 0)
-        pair_texs = texs.repeat(s, 1, 1, 1)
-        key = (
-            ("generate", truncation, seed)
-            if seed is None
-            else ("generate", truncation, seed, id(form))
-        )
-        imgs = await studio.submit(slot, key, GenerateJob(pair_masks, pair_texs), s * t)
-        imgs = imgs.view(s, t, *imgs.shape[1:])
-        shape_names = [label for _, label in shapes]
-        texture_names = [label for _, label in textures]
-        sheet = labelled_grid(masks, texs, imgs, shape_names, texture_names)
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(sheet)).save(buf, format="PNG")
-        grid_png = buf.getvalue()
-        headers = {"X-Model": slot.name, "Cache-Control": "no-store"}
-        if fmt == "png":
-            return Response(grid_png, media_type="image/png", headers=headers)
-        zbuf = io.BytesIO()
-        with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("grid.png", grid_png)
-            for i in range(s):
-                for j in range(t):
-                    name = f"cells/r{i + 1}_c{j + 1}_{shape_names[i]}__{texture_names[j]}.png"
-                    zf.writestr(name, png_bytes(imgs[i, j]))
-        if fmt == "zip":
-            return Response(
-                zbuf.getvalue(),
-                media_type="application/zip",
-                headers={**headers, "Content-Disposition": 'attachment; filename="garments.zip"'},
-            )
-        return JSONResponse(
-            {
-                "model": slot.name,
-                "shapes": shape_names,
-                "textures": texture_names,
-                "grid": b64(grid_png),
-                "zip": b64(zbuf.getvalue()),
-            },
-            headers=headers,
-        )
-
     return app
 
 

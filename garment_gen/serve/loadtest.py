@@ -195,6 +195,59 @@ def request_pool(sample_root: Path, n: int = 16, uploads: bool = True) -> list[d
     return pool
 
 
+@dataclass
+class _Tally:
+    """What the clients of one phase saw."""
+
+    record: bool = False
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+
+async def _client(http, pool: list[dict], first: int, step: int, stop: float, tally: _Tally):
+    """Post requests ``first, first + step, ...`` of the pool until ``stop``."""
+    import httpx
+
+    k = first
+    while time.perf_counter() < stop:
+        req = pool[k % len(pool)]
+        k += step
+        t0 = time.perf_counter()
+        try:
+            r = await http.post("/api/generate", **req)
+            status = str(r.status_code)
+            if r.status_code != 200 or r.headers.get("content-type") != "image/png":
+                tally.errors.append(f"{r.status_code} {r.text[:160]}")
+        except httpx.HTTPError as exc:
+            status = exc.__class__.__name__
+            tally.errors.append(f"{status}: {exc}")
+        else:
+            if tally.record:
+                tally.latencies.append((time.perf_counter() - t0) * 1000)
+        if tally.record:
+            tally.statuses[status] += 1
+
+
+async def _watch_memory(pid: int | None, stop: float, tally: _Tally) -> None:
+    while time.perf_counter() < stop:
+        rss = _rss(pid)
+        if rss is not None:
+            tally.rss.append(rss)
+        await asyncio.sleep(0.5)
+
+
+def _run_counters(before: dict, after: dict) -> dict:
+    """``after`` (a ``/healthz`` answer) with ``run_*`` counters: this run's share only."""
+    for name, m in after["models"].items():
+        m0 = before["models"].get(name, {})
+        for k in ("batches", "images", "rejected", "dropped", "busy_s"):
+            if k in m:
+                m[f"run_{k}"] = m[k] - m0.get(k, 0)
+    return after
+
+
 async def _load(
     url: str,
     clients: int,
@@ -206,81 +259,49 @@ async def _load(
 ) -> LoadReport:
     import httpx
 
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    errors: list[str] = []
-    rss_samples: list[int] = []
+    tally = _Tally()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
-        for req in pool:  # warm-up: every distinct input once (aligned inputs get cached)
+        for req in pool:  # every distinct input once (the server caches aligned inputs)
             r = await http.post("/api/generate", **req)
             if r.status_code != 200:
                 raise RuntimeError(f"warm-up request failed: {r.status_code} {r.text[:200]}")
-        stop = time.perf_counter() + warmup_s
-        record = False
-
-        async def client(c: int) -> None:
-            k = c
-            while time.perf_counter() < stop:
-                req = pool[k % len(pool)]
-                k += clients
-                t0 = time.perf_counter()
-                try:
-                    r = await http.post("/api/generate", **req)
-                    status = str(r.status_code)
-                    bad = r.status_code != 200 or r.headers.get("content-type") != "image/png"
-                    if bad:
-                        errors.append(f"{r.status_code} {r.text[:160]}")
-                except httpx.HTTPError as exc:
-                    status = exc.__class__.__name__
-                    errors.append(f"{status}: {exc}")
-                else:
-                    if record:
-                        latencies.append((time.perf_counter() - t0) * 1000)
-                if record:
-                    statuses[status] += 1
-
-        async def watch_memory() -> None:
-            while time.perf_counter() < stop:
-                rss = _rss(pid)
-                if rss is not None:
-                    rss_samples.append(rss)
-                await asyncio.sleep(0.5)
-
         if warmup_s > 0:  # under load, so that batch-sized buffers exist before "before"
-            await asyncio.gather(*(client(c) for c in range(clients)))
+            stop = time.perf_counter() + warmup_s
+            await asyncio.gather(
+                *(_client(http, pool, c, clients, stop, tally) for c in range(clients))
+            )
         rss_before = _rss(pid)
         health_before = (await http.get("/healthz")).json()
-        record, stop = True, time.perf_counter() + duration_s
+        tally.record = True
         t_start = time.perf_counter()
-        await asyncio.gather(watch_memory(), *(client(c) for c in range(clients)))
+        stop = t_start + duration_s
+        await asyncio.gather(
+            _watch_memory(pid, stop, tally),
+            *(_client(http, pool, c, clients, stop, tally) for c in range(clients)),
+        )
         elapsed = time.perf_counter() - t_start
         rss_after = _rss(pid)
-        health = (await http.get("/healthz")).json()
-        for name, m in health["models"].items():  # this run's batches, not the server's total
-            m0 = health_before["models"].get(name, {})
-            for k in ("batches", "images", "rejected", "dropped", "busy_s"):
-                if k in m:
-                    m[f"run_{k}"] = m[k] - m0.get(k, 0)
+        health = _run_counters(health_before, (await http.get("/healthz")).json())
     mib = 1 / (1 << 20)
-    ok = statuses.get("200", 0)
-    n = sum(statuses.values())
+    ok = tally.statuses.get("200", 0)
+    lat = tally.latencies
     return LoadReport(
         clients=clients,
         duration_s=elapsed,
-        requests=n,
+        requests=sum(tally.statuses.values()),
         ok=ok,
-        errors=len(errors),
-        statuses=dict(statuses),
+        errors=len(tally.errors),
+        statuses=dict(tally.statuses),
         images_per_s=ok / elapsed if elapsed > 0 else 0.0,
-        p50_ms=_percentile(latencies, 50),
-        p95_ms=_percentile(latencies, 95),
-        max_ms=max(latencies) if latencies else float("nan"),
+        p50_ms=_percentile(lat, 50),
+        p95_ms=_percentile(lat, 95),
+        max_ms=max(lat) if lat else float("nan"),
         rss_before_mib=rss_before * mib if rss_before else None,
         rss_after_mib=rss_after * mib if rss_after else None,
-        rss_peak_mib=max(rss_samples + [rss_after or 0]) * mib if rss_samples else None,
-        rss_series_mib=[round(r * mib, 1) for r in rss_samples],
-        error_samples=errors[:5],
+        rss_peak_mib=max(tally.rss + [rss_after or 0]) * mib if tally.rss else None,
+        rss_series_mib=[round(r * mib, 1) for r in tally.rss],
+        error_samples=tally.errors[:5],
         server=health,
     )
 
