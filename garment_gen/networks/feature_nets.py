@@ -27,6 +27,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from garment_gen.errors import GarmentGenError
@@ -166,6 +167,32 @@ def freeze_as_buffers(module: nn.Module) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def _fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode ``BatchNormAct2d`` into the convolution just before it, in place.
+
+    timm's EfficientNet registers each conv right before its norm+activation layer (stem,
+    depthwise, pointwise), so consecutive ``(Conv2d, BatchNormAct2d)`` children are the pairs;
+    the norm is replaced by its activation. For a frozen network the outputs agree to float
+    rounding (~3e-6 relative), and the trunk runs without one full pass per conv.
+    """
+    for sub in list(module.modules()):
+        children = list(sub.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, BatchNormAct2d)):
+                continue
+            if not isinstance(bn.drop, nn.Identity) or conv.bias is not None:
+                raise ValueError(f"cannot fold {bn_name}: unexpected layer layout")
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+            setattr(sub, bn_name, bn.act)
+    left = [n for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise ValueError(f"batch norms left unfolded: {left}")
+    return module
+
+
 def build_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     """The full timm ``tf_efficientnet_lite0`` ImageNet classifier, frozen (buffers) and in eval.
 
@@ -195,7 +222,9 @@ class EfficientNetLite0Features(nn.Module):
     and 6 (their ``feature_info``), not passed through the classifier head.
 
     The network is frozen (see :func:`freeze_as_buffers`): no parameters, nothing in
-    ``state_dict``, always in eval mode. Gradients flow through it to ``img``.
+    ``state_dict``, always in eval mode. Gradients flow through it to ``img``. Its batch norms
+    are folded into the convolutions; on CPU it runs channels-last, so the maps it returns are
+    channels-last there (same values and shapes).
 
     Args:
         feature_size: side the images are resized to; a multiple of 32. 224 is lite0's native
@@ -228,11 +257,15 @@ class EfficientNetLite0Features(nn.Module):
         self.identity_norm = bool(
             torch.allclose(self.in_scale, torch.ones(())) and self.in_shift.abs().max() < 1e-7
         )
+        model.eval()
         self.stem = nn.Sequential(model.conv_stem, model.bn1)  # bn1 carries the ReLU6
         self.stages = nn.ModuleList(
             nn.Sequential(*(model.blocks[i] for i in idx)) for idx in _STAGE_BLOCKS
         )
+        _fold_batchnorm(self)
         freeze_as_buffers(self)
+        # oneDNN's depthwise and 1x1 convs are faster channels-last (inputs follow on CPU)
+        self.to(memory_format=torch.channels_last)
         self.eval()
 
     def train(self, mode: bool = True) -> EfficientNetLite0Features:
@@ -252,6 +285,8 @@ class EfficientNetLite0Features(nn.Module):
             x = F.interpolate(
                 x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
             )
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         feats = []
         for stage in self.stages:
