@@ -5,9 +5,9 @@ Usage::
     python -m garment_gen.export model=PATH/garment_model.pt format=onnx|torchscript \
         [out=PATH] [batch=1] [check=true] [opset=17] [dynamo=false]
 
-The exported network is :class:`InferenceModel`: the shape and texture encoders followed by
-the generator's synthesis network with its fixed noise (``noise_mode="const"``), so the
-same inputs always give the same image:
+The exported network is :class:`InferenceModel`: the :class:`GarmentModel` (encoders, injected
+features and the generator's synthesis network) with its fixed noise (``noise_mode="const"``), so
+the same inputs always give the same image:
 
     inputs   mask     float ``[B, 1, R, R]`` in ``{0, 1}`` (garment = 1), aligned like the training data
              texture  float ``[B, 3, R, R]`` in ``[-1, 1]``, aligned like the training data
@@ -56,22 +56,20 @@ OUTPUT_NAMES = ["image"]
 
 
 class InferenceModel(nn.Module):
-    """Encoders + synthesis with fixed noise: ``(mask, texture) -> image``.
+    """The garment model with fixed noise, clamped: ``(mask, texture) -> image``.
 
     ``forward(mask, texture)``: mask float ``[B, 1, R, R]`` in ``{0, 1}``, texture float
     ``[B, 3, R, R]`` in ``[-1, 1]`` -> image float ``[B, 3, R, R]`` clamped to ``[-1, 1]``.
     Matches ``GarmentGenerator.generate_tensors(mask, texture)`` (``truncation_psi=1``, no seed).
     """
 
-    def __init__(self, encoders: nn.Module, synthesis: nn.Module):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.encoders = encoders
-        self.synthesis = synthesis
+        self.model = model
         self.requires_grad_(False).eval()
 
     def forward(self, mask: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-        ws = self.encoders(mask, texture)
-        return self.synthesis(ws, noise_mode="const").clamp(-1, 1)
+        return self.model(mask, texture, noise_mode="const").clamp(-1, 1)
 
 
 def random_inputs(batch: int, resolution: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,10 +295,10 @@ def export(
         raise GarmentGenError(f"out={out}: is a folder; give a file path")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    encoders, synthesis = gen.encoders, gen.generator.synthesis
+    model = gen.model
     if gen.device.type != "cpu":  # export on the CPU without moving the caller's model
-        encoders, synthesis = copy.deepcopy(encoders).cpu(), copy.deepcopy(synthesis).cpu()
-    net = InferenceModel(encoders, synthesis)
+        model = copy.deepcopy(model).cpu()
+    net = InferenceModel(model)
     example = random_inputs(int(batch), gen.resolution, seed)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{out.name}.", suffix=".tmp" + out.suffix, dir=out.parent

@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from garment_gen import __version__
 from garment_gen.errors import GarmentGenError
-from garment_gen.utils.atomic import atomic_path
-
-FORMAT = "garment_gen.garment_model/1"
+from garment_gen.networks.garment_model import GarmentModel
+from garment_gen.networks.serialization import load_model, save_model
 PRETRAINED_DIR = Path(__file__).resolve().parent / "assets" / "models"
 PRETRAINED_PREFIX = "pretrained:"
 
@@ -73,142 +71,47 @@ def resolve_model_file(model: str | Path) -> Path:
     )
 
 
-def _module_payload(module: nn.Module) -> dict[str, Any]:
-    return {
-        "kwargs": module.get_config() if hasattr(module, "get_config") else dict(module.kwargs),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
-    }
-
-
-def _cast_state(
-    sd: dict[str, torch.Tensor], dtype: torch.dtype
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Floating-point tensors of ``sd`` cast to ``dtype``; returns ``(state, names kept as is)``.
-
-    A tensor with values beyond the narrower type's range (float16 ends at 65504) keeps its
-    own dtype rather than turning into infinities.
-    """
-    out, kept = {}, []
-    for k, v in sd.items():
-        if not v.is_floating_point() or v.dtype == dtype:
-            out[k] = v
-            continue
-        cast = v.to(dtype)
-        if bool((torch.isfinite(v) & ~torch.isfinite(cast)).any()):
-            out[k] = v
-            kept.append(k)
-        else:
-            out[k] = cast
-    return out, kept
-
-
 def save_garment_model(
     path: str | Path,
-    generator: nn.Module,
-    encoders: nn.Module,
+    model: GarmentModel | nn.Module,
+    encoders: nn.Module | None = None,
     segmenter: nn.Module | None = None,
     data: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``garment_model.pt`` atomically.
+    """Write ``garment_model.pt`` atomically (the one save contract, kind ``garment_model``).
 
-    Args:
-        data: alignment settings (``resolution``, ``margin``, ``background``).
-        meta: free-form run information (kimg, metrics, config).
-        dtype: store floating-point weights in this type, e.g. ``torch.float16`` for a file half
-            the size (None keeps float32). :func:`load_garment_model` always returns float32
-            modules. Tensors whose values do not fit the type stay float32.
+    ``model`` is a :class:`GarmentModel`, or (the older call) a generator followed by its
+    ``encoders``, optional ``segmenter`` and alignment ``data``. ``dtype=torch.float16`` stores
+    the weights in half the space; :func:`load_garment_model` returns float32 modules.
     """
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "garment_gen_version": __version__,
-        "generator": _module_payload(generator),
-        "encoders": _module_payload(encoders),
-        "segmenter": _module_payload(segmenter) if segmenter is not None else None,
-        "data": dict(data or {}),
-        "meta": dict(meta or {}),
-        "weights_dtype": str(dtype or torch.float32).removeprefix("torch."),
-    }
-    if dtype is not None and dtype != torch.float32:
-        if not dtype.is_floating_point:
-            raise GarmentGenError(f"dtype={dtype}: weights can only be stored as a float type")
-        for key in ("generator", "encoders", "segmenter"):
-            if payload[key] is not None:
-                state, kept = _cast_state(payload[key]["state_dict"], dtype)
-                payload[key]["state_dict"] = state
-                if kept:
-                    payload.setdefault("kept_float32", []).extend(f"{key}.{k}" for k in kept)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def _float_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    if encoders is not None:
+        model = GarmentModel(model, encoders, segmenter, data)
+    elif not isinstance(model, GarmentModel):
+        raise GarmentGenError("save_garment_model needs a GarmentModel or (generator, encoders)")
+    return save_model(model, path, meta=meta, dtype=dtype)
 
 
 def load_garment_model(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Read ``garment_model.pt``; returns ``{generator, encoders, segmenter, data, meta}`` (modules in eval).
+) -> tuple[GarmentModel, dict[str, Any]]:
+    """Read ``garment_model.pt`` (or ``pretrained:NAME``): ``(GarmentModel in eval mode, meta)``.
 
-    ``path`` may also be ``pretrained:NAME`` (see :func:`resolve_model_file`). Weights stored
-    in float16 (``save_garment_model(..., dtype=torch.float16)``) come back as float32.
+    Files of every format version load; float16 weights come back as float32.
 
     Raises:
-        GarmentGenError: missing file, or a file that is not a garment model of this version
-            (e.g. ``generator.pt`` or ``segmenter.pt`` given by mistake), each with what to do.
+        GarmentGenError: missing file, or a file that is not a garment model (e.g.
+            ``generator.pt`` or ``segmenter.pt`` given by mistake), each with what to do.
     """
-    from garment_gen.networks.encoders import GarmentEncoders
-    from garment_gen.networks.segmenter import Segmenter
-    from garment_gen.networks.stylegan2 import Generator
-
     path = resolve_model_file(path)
-    if not path.is_file():
-        raise GarmentGenError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise GarmentGenError(
-            f"{path}: not a readable model file ({exc.__class__.__name__})"
-        ) from None
-    fmt = payload.get("format") if isinstance(payload, dict) else None
-    if fmt != FORMAT:
-        hint = {
-            "garment_gen.segmenter/1": "this is a segmenter export (stage=segmenter)",
-        }.get(str(fmt), "")
-        if fmt and "generator" in str(fmt):
-            hint = "this is a pretrained generator (stage=pretrain); fit the encoders on it with stage=encoders"
-        raise GarmentGenError(
-            f"{path}: not a garment model (format {fmt!r}, expected {FORMAT!r})"
-            + (
-                f": {hint}"
-                if hint
-                else "; export one with `python -m garment_gen.train stage=encoders`"
-            )
-        )
-    try:
-        g = Generator(**payload["generator"]["kwargs"])
-        g.load_state_dict(_float_state(payload["generator"]["state_dict"]))
-        enc = GarmentEncoders(**payload["encoders"]["kwargs"])
-        enc.load_state_dict(_float_state(payload["encoders"]["state_dict"]))
-        seg = None
-        if payload.get("segmenter"):
-            seg = Segmenter(**payload["segmenter"]["kwargs"])
-            seg.load_state_dict(_float_state(payload["segmenter"]["state_dict"]))
-    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
-        raise GarmentGenError(
-            f"{path}: model was written by garment_gen {payload.get('garment_gen_version')} and does not "
-            f"match this version ({__version__}): {exc}"
-        ) from None
-    modules = {"generator": g, "encoders": enc, "segmenter": seg}
-    for m in modules.values():
-        if m is not None:
-            m.requires_grad_(False).eval().to(map_location)
-    return {**modules, "data": payload.get("data", {}), "meta": payload.get("meta", {})}
+    model, meta = load_model(
+        path,
+        "garment_model",
+        map_location,
+        hint="fit the encoders with `python -m garment_gen.train stage=encoders` to make one",
+    )
+    return model, meta
 
 
 # ----------------------------------------------------------------------------- generation
@@ -308,22 +211,34 @@ class GarmentGenerator:
 
     def __init__(
         self,
-        generator: nn.Module,
-        encoders: nn.Module,
-        segmenter: nn.Module | None = None,
-        data: dict[str, Any] | None = None,
+        model: GarmentModel,
         device: str | torch.device = "cpu",
         meta: dict[str, Any] | None = None,
     ):
+        if not isinstance(model, GarmentModel):
+            raise GarmentGenError(
+                f"GarmentGenerator needs a GarmentModel, got {type(model).__name__}; "
+                "load a file with GarmentGenerator.from_checkpoint(PATH)"
+            )
         self.device = torch.device(device)
-        self.generator = generator.to(self.device).eval().requires_grad_(False)
-        self.encoders = encoders.to(self.device).eval().requires_grad_(False)
-        self.segmenter = segmenter.to(self.device).eval() if segmenter is not None else None
-        data = dict(data or {})
-        self.resolution = int(data.get("resolution", generator.resolution))
-        self.margin = float(data.get("margin", 0.06))
-        self.background = tuple(int(c) for c in data.get("background", (255, 255, 255)))
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.resolution = model.resolution
+        self.margin = float(model.data.get("margin", 0.06))
+        self.background = tuple(int(c) for c in model.data.get("background", (255, 255, 255)))
         self.meta = meta or {}
+
+    # The parts, for code that needs them (variations, export, research notebooks).
+    @property
+    def generator(self) -> nn.Module:
+        return self.model.generator
+
+    @property
+    def encoders(self) -> nn.Module:
+        return self.model.encoders
+
+    @property
+    def segmenter(self) -> nn.Module | None:
+        return self.model.segmenter
 
     @classmethod
     def from_checkpoint(
@@ -334,10 +249,8 @@ class GarmentGenerator:
             raise GarmentGenError(
                 f"device={device}: CUDA is not available on this machine; use device=cpu"
             )
-        m = load_garment_model(path)
-        return cls(
-            m["generator"], m["encoders"], m["segmenter"], m["data"], device=device, meta=m["meta"]
-        )
+        model, meta = load_garment_model(path)
+        return cls(model, device=device, meta=meta)
 
     @classmethod
     def from_pretrained(
@@ -433,17 +346,14 @@ class GarmentGenerator:
         seed: int | None = None,
     ) -> torch.Tensor:
         """Aligned batches in, images out: mask ``[B,1,R,R]``, texture ``[B,3,R,R]`` -> ``[B,3,R,R]`` in [-1, 1]."""
-        ws = self.encoders(shape_mask.to(self.device), texture_img.to(self.device))
-        if truncation_psi != 1.0:
-            w_avg = self.encoders.w_avg.to(ws.dtype)
-            ws = w_avg.lerp(ws, truncation_psi)
+        shape_mask, texture_img = shape_mask.to(self.device), texture_img.to(self.device)
         if seed is None:
-            img = self.generator.synthesis(ws, noise_mode="const")
+            img = self.model(shape_mask, texture_img, truncation_psi, noise_mode="const")
         else:
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                img = self.generator.synthesis(ws, noise_mode="random")
+                img = self.model(shape_mask, texture_img, truncation_psi, noise_mode="random")
         return img.clamp(-1, 1)
 
     def generate(

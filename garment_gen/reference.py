@@ -527,20 +527,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from garment_gen.inference import GarmentGenerator, load_garment_model, save_garment_model
 
     t0 = time.monotonic()
-    m = load_garment_model(runs["encoders"] / "garment_model.pt")
-    model_meta = _portable_meta(m["meta"], work)
+    model, meta = load_garment_model(runs["encoders"] / "garment_model.pt")
+    model_meta = _portable_meta(meta, work)
     model_meta["reference"] = {
         k: metrics[k]
         for k in ("name", "data", "device_name", "torch_version", "configs", "kimg", "started")
     }
     model_path = save_garment_model(
-        out / "garment_model.pt",
-        m["generator"],
-        m["encoders"],
-        m["segmenter"],
-        data=m["data"],
-        meta=model_meta,
-        dtype=torch.float16,
+        out / "garment_model.pt", model, meta=model_meta, dtype=torch.float16
     )
     metrics["stages"]["export"] = {"wall_seconds": round(time.monotonic() - t0, 1)}
     save()

@@ -108,7 +108,7 @@ def test_bad_arguments_are_user_errors(tiny_model, tmp_path):
 
 
 def test_inference_model_is_generate_tensors(gen):
-    net = InferenceModel(gen.encoders, gen.generator.synthesis)
+    net = InferenceModel(gen.model)
     mask, texture = _real_inputs(2)
     with torch.no_grad():
         assert torch.equal(net(mask, texture), gen.generate_tensors(mask, texture))

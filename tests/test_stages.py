@@ -72,7 +72,7 @@ def test_segmenter_iou_improves_and_plugs_into_prepare(tmp_path):
 def test_load_segmenter_rejects_other_files(tmp_path, tiny_generator):
     from garment_gen.networks.segmenter import load_segmenter
 
-    with pytest.raises(GarmentGenError, match="not a garment_gen segmenter"):
+    with pytest.raises(GarmentGenError, match="this is a pretrained generator.*expected a segmenter"):
         load_segmenter(tiny_generator)
 
 
@@ -99,20 +99,20 @@ def test_encoders_frozen_generator_and_loss_decreases(tmp_path, tiny_generator):
         "model.optimizer.lr=0.002",
     )
     dm, module, trainer = build(cfg)
-    g_before = {k: v.clone() for k, v in module.G.state_dict().items()}
-    assert not any(p.requires_grad for p in module.G.parameters())
+    g_before = {k: v.clone() for k, v in module.model.generator.state_dict().items()}
+    assert not any(p.requires_grad for p in module.model.generator.parameters())
     trainer.fit(module, datamodule=dm)
-    assert not module.G.training  # kept in eval although Lightning put the module in train mode
-    for k, v in module.G.state_dict().items():
+    assert not module.model.generator.training  # kept in eval although Lightning put the module in train mode
+    for k, v in module.model.generator.state_dict().items():
         assert torch.equal(v, g_before[k]), k
-    assert all(p.grad is None for p in module.G.parameters())
+    assert all(p.grad is None for p in module.model.generator.parameters())
     firsts = val_series(tmp_path / "run", "val/first")
     assert len(firsts) >= 3 and firsts[-1] < firsts[0], firsts
     # Checkpoints hold what training changes, not the frozen networks.
     ckpt = torch.load(
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
-    assert not any(k.startswith(("G.", "loss_fn.")) for k in ckpt["state_dict"])
+    assert not any(k.startswith(("model.generator.", "model.segmenter.", "loss_fn.")) for k in ckpt["state_dict"])
 
 
 def test_threshold_stops_training(tmp_path, tiny_generator):

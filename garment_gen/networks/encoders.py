@@ -53,6 +53,7 @@ __all__ = [
     "TextureEncoder",
     "downsample_schedule",
     "head_stage_index",
+    "stage_sizes",
 ]
 
 _LRELU_SLOPE = 0.2
@@ -91,6 +92,16 @@ def downsample_schedule(num_layers: int, resolution: int) -> list[bool]:
         for j in range(halvings):
             down[num_layers - 1 - j * step] = True
     return down
+
+
+def stage_sizes(downsample: list[bool], resolution: int) -> list[int]:
+    """Side of each stage's output map for a ``resolution`` px input."""
+    sizes, size = [], resolution
+    for down in downsample:
+        if down:
+            size = (size + 1) // 2
+        sizes.append(size)
+    return sizes
 
 
 def head_stage_index(ws_index: int, num_ws: int, num_layers: int) -> int:
@@ -176,6 +187,8 @@ class ConvEncoder(nn.Module):
         max_channels: int = 256,
         pool_size: int = 1,
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
+        styles: bool = True,
+        feature_channels: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = _check_int("in_channels", in_channels, 1)
@@ -201,11 +214,31 @@ class ConvEncoder(nn.Module):
             self.stage_channels.append(channels)
             prev = channels
 
+        self.styles = bool(styles)
         self.head_stage = [head_stage_index(i, self.num_ws, self.num_layers) for i in range(num_ws)]
         self.heads = nn.ModuleList(
             _StyleHead(self.stage_channels[s], self.w_dim, self.pool_size, self.head_init_std)
-            for s in self.head_stage
+            for s in (self.head_stage if self.styles else [])
         )
+        # Spatial feature heads: for each injected resolution r, a zero-initialised 1x1 conv
+        # from the deepest stage whose map is r x r to the generator's channels at r.
+        self.feature_channels = {int(r): int(c) for r, c in (feature_channels or {}).items()}
+        sizes = stage_sizes(self.downsample, self.resolution)
+        self.feature_stage: dict[int, int] = {}
+        for r in self.feature_channels:
+            at_r = [k for k, size in enumerate(sizes) if size == r]
+            if not at_r:
+                raise EncoderConfigError(
+                    f"no encoder stage has {r} x {r} feature maps (stage sizes {sizes}); "
+                    "inject at the resolutions the encoder reaches"
+                )
+            self.feature_stage[r] = at_r[-1]
+        self.feature_heads = nn.ModuleDict()
+        for r, c in self.feature_channels.items():
+            conv = nn.Conv2d(self.stage_channels[self.feature_stage[r]], c, 1)
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            self.feature_heads[str(r)] = conv
 
     def get_config(self) -> dict[str, Any]:
         """Constructor kwargs (ints and floats) that rebuild this encoder's architecture."""
@@ -219,6 +252,8 @@ class ConvEncoder(nn.Module):
             "max_channels": self.max_channels,
             "pool_size": self.pool_size,
             "head_init_std": self.head_init_std,
+            "styles": self.styles,
+            "feature_channels": dict(self.feature_channels),
         }
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -238,12 +273,30 @@ class ConvEncoder(nn.Module):
             feats.append(x)
         return feats
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """``(style offsets [B, num_ws, w_dim] or None, {r: feature map [B, C_r, r, r]})``.
+
+        Style offsets are None when the encoder has no style heads (``styles=False``); the
+        feature maps are those of ``feature_channels`` (empty without it).
+        """
+        feats = self.per_layer_features(x)
+        styles = None
+        if self.styles:
+            styles = torch.stack(
+                [head(feats[s]) for head, s in zip(self.heads, self.head_stage, strict=True)], 1
+            )
+        maps = {
+            r: self.feature_heads[str(r)](feats[self.feature_stage[r]])
+            for r in self.feature_channels
+        }
+        return styles, maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Style offsets ``[B, num_ws, w_dim]`` for an input ``[B, in_channels, R, R]``."""
-        feats = self.per_layer_features(x)
-        return torch.stack(
-            [head(feats[s]) for head, s in zip(self.heads, self.head_stage, strict=True)], 1
-        )
+        styles, _ = self.encode(x)
+        if styles is None:
+            raise ValueError(f"{type(self).__name__} was built without style heads (styles=False)")
+        return styles
 
     def extra_repr(self) -> str:
         return (
@@ -268,6 +321,8 @@ class _FixedInputEncoder(ConvEncoder):
         max_channels: int = 256,
         pool_size: int | None = None,
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
+        styles: bool = True,
+        feature_channels: dict[int, int] | None = None,
     ) -> None:
         super().__init__(
             in_channels=self.IN_CHANNELS,
@@ -279,6 +334,8 @@ class _FixedInputEncoder(ConvEncoder):
             max_channels=max_channels,
             pool_size=self.DEFAULT_POOL if pool_size is None else pool_size,
             head_init_std=head_init_std,
+            styles=styles,
+            feature_channels=feature_channels,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -310,13 +367,23 @@ class TextureEncoder(_FixedInputEncoder):
     DEFAULT_POOL = 1
 
 
+INJECTIONS = ("styles", "features", "both")
+
+
 class GarmentEncoders(nn.Module):
-    """Shape and texture encoders fused per W+ row: ``(shape_mask, texture_img) -> ws``.
+    """Shape and texture encoders fused per layer: ``(shape_mask, texture_img) -> ws (+ features)``.
 
     ``ws[:, i] = shape_enc(shape_mask)[:, i] + texture_enc(texture_img)[:, i] (+ w_avg)``, shape
     ``[B, num_ws, w_dim]``, ready for ``generator.synthesis(ws)``. Both encoders have the same
     number of stages and heads. ``w_avg`` is a persistent buffer, so a saved state dict carries
     it; :meth:`get_config` plus the state dict rebuild the model.
+
+    **Feature injection** (``injection="features"`` or ``"both"``): each encoder also yields,
+    for every synthesis resolution ``r <= inject_max_resolution``, a spatial feature map
+    projected to the generator's channels at ``r`` (zero-initialised 1x1 convs, so training
+    starts from the style-only behaviour); the shape and texture maps of a layer are added,
+    and :meth:`encode` returns them for ``synthesis(ws, features=...)``. With
+    ``injection="features"`` the encoders have no style heads and ws is ``w_avg`` on every row.
 
     Args:
         num_ws: the generator's number of W+ rows.
@@ -330,6 +397,11 @@ class GarmentEncoders(nn.Module):
         shape_pool_size: pooled grid side of the shape encoder's heads (texture heads are global).
         use_w_avg: add ``w_avg`` to the fused ws (encoders then predict offsets from the mean).
         head_init_std: scale of the heads' initial weights.
+        injection: ``styles`` (W+ only, the method's minimal reading), ``features`` (spatial
+            feature maps only) or ``both``.
+        inject_max_resolution: highest synthesis resolution that receives feature maps.
+        generator_channels: ``{resolution: channels}`` of the generator's synthesis blocks
+            (``generator.synthesis.channels``); needed for feature injection.
     """
 
     def __init__(
@@ -344,8 +416,28 @@ class GarmentEncoders(nn.Module):
         shape_pool_size: int = 4,
         use_w_avg: bool = True,
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
+        injection: str = "styles",
+        inject_max_resolution: int = 32,
+        generator_channels: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
+        if injection not in INJECTIONS:
+            raise EncoderConfigError(
+                f"injection must be one of {', '.join(INJECTIONS)}, got {injection!r}"
+            )
+        self.injection = injection
+        self.inject_max_resolution = _check_int("inject_max_resolution", inject_max_resolution, 4)
+        self.generator_channels = {int(r): int(c) for r, c in (generator_channels or {}).items()}
+        feature_channels: dict[int, int] = {}
+        if injection != "styles":
+            if not self.generator_channels:
+                raise EncoderConfigError(
+                    f"injection={injection!r} needs the generator's channels per resolution "
+                    "(build with GarmentEncoders.from_generator)"
+                )
+            feature_channels = {
+                r: c for r, c in self.generator_channels.items() if r <= inject_max_resolution
+            }
         kwargs: dict[str, Any] = dict(
             num_ws=num_ws,
             w_dim=w_dim,
@@ -354,6 +446,8 @@ class GarmentEncoders(nn.Module):
             base_channels=base_channels,
             max_channels=max_channels,
             head_init_std=head_init_std,
+            styles=injection != "features",
+            feature_channels=feature_channels,
         )
         self.shape_enc = ShapeEncoder(pool_size=shape_pool_size, **kwargs)
         self.texture_enc = TextureEncoder(**kwargs)
@@ -376,6 +470,9 @@ class GarmentEncoders(nn.Module):
         the generator's.
         """
         kwargs.setdefault("resolution", int(generator.resolution))
+        channels = getattr(generator.synthesis, "channels", None)  # absent on stand-ins
+        if channels is not None:
+            kwargs.setdefault("generator_channels", dict(channels))
         return cls(
             num_ws=int(generator.num_ws),
             w_dim=int(generator.w_dim),
@@ -396,7 +493,15 @@ class GarmentEncoders(nn.Module):
             "shape_pool_size": enc.pool_size,
             "use_w_avg": self.use_w_avg,
             "head_init_std": enc.head_init_std,
+            "injection": self.injection,
+            "inject_max_resolution": self.inject_max_resolution,
+            "generator_channels": dict(self.generator_channels),
         }
+
+    @property
+    def feature_resolutions(self) -> list[int]:
+        """Synthesis resolutions that receive injected feature maps (empty for ``styles``)."""
+        return sorted(self.shape_enc.feature_channels)
 
     def fuse(self, shape_ws: torch.Tensor, texture_ws: torch.Tensor) -> torch.Tensor:
         """Add shape and texture styles row by row (and ``w_avg``): two ``[B, num_ws, w_dim]`` -> one."""
@@ -409,11 +514,30 @@ class GarmentEncoders(nn.Module):
             ws = ws + self.w_avg.to(ws.dtype)
         return ws
 
-    def forward(self, shape_mask: torch.Tensor, texture_img: torch.Tensor) -> torch.Tensor:
-        """``shape_mask`` float {0, 1} ``[B, 1, R, R]``, ``texture_img`` float [-1, 1] ``[B, 3, R, R]`` -> ws ``[B, num_ws, w_dim]``."""
+    def encode(
+        self, shape_mask: torch.Tensor, texture_img: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``(ws [B, num_ws, w_dim], {r: fused feature map [B, C_r, r, r]})``.
+
+        ``shape_mask`` float {0, 1} ``[B, 1, R, R]``, ``texture_img`` float [-1, 1]
+        ``[B, 3, R, R]``. Per layer the shape and texture outputs are added; the feature maps
+        are empty for ``injection="styles"``.
+        """
         if shape_mask.shape[0] != texture_img.shape[0]:
             raise ValueError(
                 f"batch sizes differ: shape_mask {shape_mask.shape[0]}, "
                 f"texture_img {texture_img.shape[0]}"
             )
-        return self.fuse(self.shape_enc(shape_mask), self.texture_enc(texture_img))
+        shape_ws, shape_maps = self.shape_enc.encode(shape_mask)
+        texture_ws, texture_maps = self.texture_enc.encode(texture_img)
+        if shape_ws is None:  # features only: every row is the mean style
+            b = shape_mask.shape[0]
+            ws = self.w_avg.to(shape_mask.dtype).expand(b, self.num_ws, self.w_dim)
+        else:
+            ws = self.fuse(shape_ws, texture_ws)
+        maps = {r: shape_maps[r] + texture_maps[r] for r in shape_maps}
+        return ws, maps
+
+    def forward(self, shape_mask: torch.Tensor, texture_img: torch.Tensor) -> torch.Tensor:
+        """``shape_mask`` float {0, 1} ``[B, 1, R, R]``, ``texture_img`` float [-1, 1] ``[B, 3, R, R]`` -> ws ``[B, num_ws, w_dim]``."""
+        return self.encode(shape_mask, texture_img)[0]

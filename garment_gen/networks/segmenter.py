@@ -1,8 +1,7 @@
 """Garment/background segmentation network (segmentation-models-pytorch).
 
-Plain PyTorch: built by :func:`build_segmenter`, exported to ``segmenter.pt``
-(weights + the kwargs that rebuild it, loadable with ``weights_only=True``)
-and loaded by :func:`load_segmenter` without Lightning or Hydra.
+Plain PyTorch: exported to ``segmenter.pt`` and loaded by :func:`load_segmenter` with the one
+save contract of :mod:`garment_gen.networks.serialization`, without Lightning or Hydra.
 """
 
 from __future__ import annotations
@@ -14,11 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from garment_gen.errors import GarmentGenError
-from garment_gen.utils.atomic import atomic_path
-
-FORMAT = "garment_gen.segmenter/1"
 
 
 class Segmenter(nn.Module):
@@ -59,6 +53,10 @@ class Segmenter(nn.Module):
             classes=1,
         )
 
+    def get_config(self) -> dict[str, Any]:
+        """Constructor kwargs that rebuild this segmenter (plain values)."""
+        return dict(self.kwargs)
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
         multiple = 2 ** self.kwargs["encoder_depth"]
@@ -91,37 +89,19 @@ class Segmenter(nn.Module):
 
 
 def export_segmenter(model: Segmenter, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``segmenter.pt`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "kwargs": model.kwargs,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra or {},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    """Write ``segmenter.pt`` with the one save contract (``extra`` goes to its meta)."""
+    from garment_gen.networks.serialization import save_model
+
+    return save_model(model, path, meta=extra)
 
 
 def load_segmenter(path: str | Path, map_location: str | torch.device = "cpu") -> Segmenter:
-    """Load a ``segmenter.pt`` written by :func:`export_segmenter`; frozen, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise GarmentGenError(f"{path}: segmenter checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise GarmentGenError(
-            f"{path}: not a readable segmenter checkpoint ({exc.__class__.__name__})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GarmentGenError(
-            f"{path}: not a garment_gen segmenter export (expected format {FORMAT}); "
-            "export one with `python -m garment_gen.train stage=segmenter`"
-        )
-    model = Segmenter(**payload["kwargs"])
-    model.load_state_dict(payload["state_dict"])
-    model.requires_grad_(False).eval()
-    return model.to(map_location)
+    """Load a ``segmenter.pt`` (any format version); frozen, in eval mode."""
+    from garment_gen.networks.serialization import load_model
+
+    return load_model(
+        path,
+        "segmenter",
+        map_location,
+        hint="export one with `python -m garment_gen.train stage=segmenter`",
+    )[0]

@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from garment_gen.errors import ConfigError, GarmentGenError
+from garment_gen.errors import ConfigError
 from garment_gen.networks.ops import conv2d, conv_transpose2d
-from garment_gen.utils.atomic import atomic_path
+from garment_gen.networks.serialization import ModelFileError as GeneratorFileError
 
 __all__ = [
     "Generator",
@@ -64,7 +64,6 @@ __all__ = [
     "load_generator",
 ]
 
-EXPORT_FORMAT = "garment_gen.generator/1"
 _LRELU_SLOPE = 0.2
 _LRELU_GAIN = math.sqrt(2.0)
 _FIR_TAPS = (1.0, 3.0, 3.0, 1.0)  # normalised to sum 1 below
@@ -73,10 +72,6 @@ _NOISE_MODES = ("random", "const", "none")
 
 class StyleGANConfigError(ConfigError, ValueError):
     """Invalid network hyper-parameter (also a ``ValueError``)."""
-
-
-class GeneratorFileError(GarmentGenError, ValueError):
-    """A file is missing or is not a generator export (also a ``ValueError``)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -373,12 +368,17 @@ class SynthesisBlock(nn.Module):
         ws: torch.Tensor,
         noise_mode: str,
         fused: bool,
+        feature: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.first:
             x = self.conv1(self.const, ws[:, 0], noise_mode, fused)
         else:
             x = self.conv0(x, ws[:, 0], noise_mode, fused)
             x = self.conv1(x, ws[:, 1], noise_mode, fused)
+        if feature is not None:
+            # Injected feature map (encoders' fused features): added to the block's activations,
+            # which then feed both its toRGB and the next block.
+            x = x + feature.to(x.dtype)
         rgb = self.torgb(x, ws[:, self.num_conv])
         img = rgb if img is None else _fir2d(img, self.img_up) + rgb
         return x, img
@@ -407,6 +407,7 @@ class SynthesisNetwork(nn.Module):
         log2 = int(math.log2(resolution))
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        self.channels = channels  # activation channels of the block at each resolution
         self.blocks = nn.ModuleList()
         self.ws_index: list[int] = []
         idx = 0
@@ -419,21 +420,33 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = idx + 1
 
     def forward(
-        self, ws: torch.Tensor, noise_mode: str = "random", fused_modconv: bool | None = None
+        self,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+        fused_modconv: bool | None = None,
+        features: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Render ``ws [B, num_ws, w_dim]``. ``noise_mode``: 'random' | 'const' | 'none'.
 
         ``fused_modconv``: None picks the path measured faster -- activation scaling
         (see module docs); True forces the grouped-conv path (per-sample weights).
+        ``features``: optional feature maps to inject, ``{resolution r: [B, channels[r], r, r]}``,
+        each added to the activations of the block at ``r`` (after its convs, before its toRGB
+        and the next block). Without them the network is exactly StyleGAN2's.
         """
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must be [B, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         if noise_mode not in _NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}")
         fused = bool(fused_modconv) if fused_modconv is not None else False
+        features = features or {}
+        unknown = set(features) - set(self.block_resolutions)
+        if unknown:
+            raise ValueError(f"no synthesis block at resolution(s) {sorted(unknown)}")
         x = img = None
         for blk, idx in zip(self.blocks, self.ws_index, strict=True):
-            x, img = blk(x, img, ws[:, idx : idx + blk.num_conv + 1], noise_mode, fused)
+            feat = features.get(blk.resolution)
+            x, img = blk(x, img, ws[:, idx : idx + blk.num_conv + 1], noise_mode, fused, feat)
         return img
 
 
@@ -586,60 +599,23 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
 
 
-def export_generator(g: Generator, path: str | Path) -> Path:
-    """Write ``g`` to ``path`` atomically as ``{"format", "class", "kwargs", "state_dict"}``.
+def export_generator(g: Generator, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``g`` to ``path`` (``generator.pt``) with the one save contract
+    (:func:`garment_gen.networks.serialization.save_model`)."""
+    from garment_gen.networks.serialization import save_model
 
-    Only tensors and plain Python values are stored, so :func:`load_generator`
-    reads it with ``torch.load(weights_only=True)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": EXPORT_FORMAT,
-        "class": f"{Generator.__module__}.{Generator.__qualname__}",
-        "kwargs": g.get_config(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in g.state_dict().items()},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return save_model(g, path, meta=meta)
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> Generator:
-    """Rebuild a :class:`Generator` from :func:`export_generator` output (eval mode).
+    """Rebuild a :class:`Generator` from ``generator.pt`` (eval mode, frozen).
 
-    Raises :class:`GeneratorFileError` (a ``ValueError``) naming ``path`` when the
-    file is missing, unreadable, or not a generator export.
+    Raises :class:`GeneratorFileError` (a ``ValueError``) naming ``path`` when the file is
+    missing, damaged or another kind of model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GeneratorFileError(f"{path}: generator file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise GeneratorFileError(
-            f"{path}: not a readable generator export ({exc.__class__.__name__})"
-        ) from None
-    expected_class = f"{Generator.__module__}.{Generator.__qualname__}"
-    if (
-        not isinstance(payload, dict)
-        or payload.get("format") != EXPORT_FORMAT
-        or payload.get("class") != expected_class
-        or not isinstance(payload.get("kwargs"), dict)
-        or not isinstance(payload.get("state_dict"), dict)
-    ):
-        raise GeneratorFileError(
-            f"{path}: not a garment_gen generator export (expected format {EXPORT_FORMAT!r} "
-            "with class, kwargs and state_dict)"
-        )
-    try:
-        g = Generator(**payload["kwargs"])
-        g.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError, ValueError) as exc:
-        raise GeneratorFileError(
-            f"{path}: generator export does not match this code: {exc}"
-        ) from None
-    return g.to(map_location).eval()
+    from garment_gen.networks.serialization import load_model
+
+    return load_model(path, "generator", map_location)[0]
 
 
 # --------------------------------------------------------------------------- discriminator
@@ -800,6 +776,15 @@ class Discriminator(nn.Module):
             )
         self.resolution, self.img_channels = resolution, img_channels
         self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
+        self._kwargs: dict[str, Any] = dict(
+            resolution=int(resolution),
+            img_channels=int(img_channels),
+            channel_base=int(channel_base),
+            channel_max=int(channel_max),
+            mbstd_group_size=int(mbstd_group_size),
+            mbstd_num_channels=int(mbstd_num_channels),
+            conv_clamp=None if conv_clamp is None else float(conv_clamp),
+        )
         log2 = int(math.log2(resolution))
         block_res = [2**i for i in range(log2, 2, -1)]
         channels = {r: min(channel_base // r, channel_max) for r in block_res + [4]}
@@ -823,6 +808,10 @@ class Discriminator(nn.Module):
             c4 * 16, c4, activation="lrelu", weight_gain=_LRELU_GAIN, act_gain=1.0
         )
         self.out = EqualLinear(c4, 1, weight_gain=_LRELU_GAIN)
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor kwargs that rebuild this discriminator (plain Python values)."""
+        return dict(self._kwargs)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """``img [B, img_channels, R, R]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""

@@ -106,9 +106,8 @@ def generate_variations(
     if shape_mask.shape[0] != 1 or texture_img.shape[0] != 1:
         raise GarmentGenError("generate_variations takes one shape and one texture")
     device = gen.device
-    ws = gen.encoders(shape_mask.to(device), texture_img.to(device))
-    if truncation_psi != 1.0:
-        ws = gen.encoders.w_avg.to(ws.dtype).lerp(ws, truncation_psi)
+    # styles and (with feature injection) the fused feature maps, through the one garment model
+    ws, features = gen.model.styles(shape_mask.to(device), texture_img.to(device), truncation_psi)
     rng = torch.Generator().manual_seed(int(seed))
     g = gen.generator
     ws_n = mix_fine_styles(
@@ -123,9 +122,11 @@ def generate_variations(
     devices = [device] if device.type == "cuda" else []
     if keep_colours:  # the unmixed code rides along as the colour reference
         ws_n = torch.cat([ws_n, ws])
+    rows = ws_n.shape[0]
+    features = {r: f.expand(rows, -1, -1, -1) for r, f in features.items()}
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
-        img = g.synthesis(ws_n, noise_mode="random").clamp(-1, 1)
+        img = gen.model.synthesize(ws_n, features, noise_mode="random").clamp(-1, 1)
     if not keep_colours:
         return img
     return match_mean_colour(img[:n], img[n:], shape_mask.to(device))

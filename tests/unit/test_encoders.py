@@ -170,7 +170,11 @@ def test_get_config_round_trip_rebuilds_identical_model():
     torch.manual_seed(0)
     model = GarmentEncoders(12, W_DIM, 64, w_avg=torch.randn(W_DIM), num_layers=6, **TINY)
     config = model.get_config()
-    assert all(type(v) in (int, float, bool) for v in config.values()), config
+    plain = (int, float, bool, str)
+    assert all(
+        type(v) in plain or (type(v) is dict and all(type(x) is int for x in v.items() for x in x))
+        for v in config.values()
+    ), config
     rebuilt = GarmentEncoders(**config)
     assert rebuilt.get_config() == config
     src, dst = model.state_dict(), rebuilt.state_dict()
@@ -198,3 +202,54 @@ def test_bad_inputs_and_configs_raise():
         GarmentEncoders(8, W_DIM, 32, w_avg=torch.zeros(W_DIM + 1))
     with pytest.raises(ValueError, match="num_layers"):
         ConvEncoder(3, 8, W_DIM, 32, num_layers=0)
+
+
+# ------------------------------------------------------------------ feature injection
+
+
+def _tiny_generator(res: int = 32):
+    from garment_gen.networks.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    return Generator(res, z_dim=16, w_dim=16, mapping_layers=1, channel_base=256, channel_max=32)
+
+
+@pytest.mark.parametrize("injection", ["features", "both"])
+def test_injected_features_start_as_a_no_op_and_then_change_the_image(injection):
+    g = _tiny_generator(32).eval()
+    enc = GarmentEncoders.from_generator(
+        g, base_channels=8, max_channels=16, injection=injection, inject_max_resolution=16
+    )
+    assert enc.feature_resolutions == [4, 8, 16]
+    mask, tex = _inputs(2, 32)
+    ws, maps = enc.encode(mask, tex)
+    for r, m in maps.items():
+        assert tuple(m.shape) == (2, g.synthesis.channels[r], r, r)
+    plain = g.synthesis(ws, noise_mode="const")
+    torch.testing.assert_close(g.synthesis(ws, noise_mode="const", features=maps), plain)
+    if injection == "features":  # no style heads: every row is w_avg
+        assert torch.equal(ws, g.w_avg.expand_as(ws))
+    # a step on the feature heads makes the injection matter
+    loss = g.synthesis(ws, noise_mode="const", features=maps).square().mean()
+    loss.backward()
+    head = enc.shape_enc.feature_heads["16"]
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        head.weight.add_(0.5 * torch.randn_like(head.weight))
+    ws, maps = enc.encode(mask, tex)
+    assert (g.synthesis(ws, noise_mode="const", features=maps) - plain).abs().max() > 1e-3
+
+
+def test_injection_needs_the_generators_channels_and_reachable_resolutions():
+    from garment_gen.networks.encoders import EncoderConfigError
+
+    with pytest.raises(EncoderConfigError, match="from_generator"):
+        GarmentEncoders(8, W_DIM, 32, injection="both")
+    with pytest.raises(EncoderConfigError, match="injection must be one of"):
+        GarmentEncoders(8, W_DIM, 32, injection="pixels")
+    g = _tiny_generator(32)
+    with pytest.raises(EncoderConfigError, match="no encoder stage has 4 x 4"):
+        # one stage only, downsampled once to 16 px: no stage reaches 4 px
+        GarmentEncoders.from_generator(
+            g, num_layers=1, base_channels=8, injection="both", inject_max_resolution=32
+        )

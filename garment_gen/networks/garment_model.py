@@ -1,0 +1,178 @@
+"""The garment model: shape encoder + texture encoder + the pretrained generator, as one module.
+
+``GarmentModel(shape_mask, texture_img) -> image``. The encoders write the generator's W+
+styles (and, with feature injection, spatial feature maps added into its activations); the
+generator draws the garment. The segmenter (optional) finds masks of garment photos given as
+shapes and scores the shape of outputs; the data settings say how inputs are aligned
+(``resolution``, ``margin``, ``background``), exactly as the training data was.
+
+Training (``EncodersModule``), inference (``GarmentGenerator``), export (ONNX / TorchScript)
+and evaluation all hold this module; none of them rebuilds "encoders -> synthesis" itself.
+It is saved and loaded with :mod:`garment_gen.networks.serialization` (kind
+``garment_model``). Plain PyTorch; never imports Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from garment_gen.networks.encoders import GarmentEncoders
+from garment_gen.networks.segmenter import Segmenter
+from garment_gen.networks.stylegan2 import Generator
+
+DEFAULT_DATA = {"margin": 0.06, "background": [255, 255, 255]}
+TUNE_CHOICES = ("none", "torgb", "all")
+
+
+class GarmentModel(nn.Module):
+    """Encoders + generator (+ segmenter) + alignment settings.
+
+    Args:
+        generator: the pretrained StyleGAN2 :class:`Generator` (frozen unless
+            ``tune_generator`` says otherwise).
+        encoders: :class:`GarmentEncoders` sized for it.
+        segmenter: optional :class:`Segmenter` (frozen).
+        data: alignment settings: ``resolution`` (default the generator's), ``margin``,
+            ``background`` (RGB 0-255).
+        tune_generator: which generator weights training may change: ``none`` (the method:
+            frozen), ``torgb`` (the toRGB layers only) or ``all`` (PTI-style). Beyond the
+            method; recorded so a tuned model says so.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        encoders: GarmentEncoders,
+        segmenter: Segmenter | None = None,
+        data: dict[str, Any] | None = None,
+        tune_generator: str = "none",
+    ):
+        super().__init__()
+        if tune_generator not in TUNE_CHOICES:
+            raise ValueError(
+                f"tune_generator must be one of {', '.join(TUNE_CHOICES)}, got {tune_generator!r}"
+            )
+        if encoders.num_ws != generator.num_ws or encoders.w_dim != generator.w_dim:
+            raise ValueError(
+                f"encoders write {encoders.num_ws} x {encoders.w_dim} styles, the generator "
+                f"takes {generator.num_ws} x {generator.w_dim}"
+            )
+        self.generator = generator
+        self.encoders = encoders
+        self.segmenter = segmenter
+        self.data = {**DEFAULT_DATA, "resolution": int(generator.resolution), **(data or {})}
+        self.data["background"] = [int(c) for c in self.data["background"]]
+        self.tune_generator = tune_generator
+        self.freeze()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: Generator,
+        segmenter: Segmenter | None = None,
+        data: dict[str, Any] | None = None,
+        tune_generator: str = "none",
+        **encoder_kwargs: Any,
+    ) -> GarmentModel:
+        """New encoders sized for ``generator`` (``encoder_kwargs`` go to :class:`GarmentEncoders`)."""
+        encoders = GarmentEncoders.from_generator(generator, **encoder_kwargs)
+        return cls(generator, encoders, segmenter, data, tune_generator)
+
+    def get_config(self) -> dict[str, Any]:
+        """Plain values that rebuild the architecture (:meth:`from_config`); weights are in the state dict."""
+        return {
+            "generator": self.generator.get_config(),
+            "encoders": self.encoders.get_config(),
+            "segmenter": None if self.segmenter is None else self.segmenter.get_config(),
+            "data": dict(self.data),
+            "tune_generator": self.tune_generator,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GarmentModel:
+        seg = config.get("segmenter")
+        return cls(
+            Generator(**config["generator"]),
+            GarmentEncoders(**config["encoders"]),
+            Segmenter(**seg) if seg else None,
+            config.get("data"),
+            config.get("tune_generator", "none"),
+        )
+
+    # ------------------------------------------------------------------ what training may change
+
+    def freeze(self) -> GarmentModel:
+        """Frozen for real: the segmenter always, the generator except what ``tune_generator`` frees."""
+        self.generator.requires_grad_(False)
+        if self.tune_generator == "all":
+            self.generator.synthesis.requires_grad_(True)
+        elif self.tune_generator == "torgb":
+            for blk in self.generator.synthesis.blocks:
+                blk.torgb.requires_grad_(True)
+        if self.segmenter is not None:
+            self.segmenter.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> GarmentModel:
+        super().train(mode)
+        # The generator's training mode would turn on style mixing; BatchNorm statistics of the
+        # segmenter must not move: both stay in eval mode whatever the caller does.
+        self.generator.eval()
+        if self.segmenter is not None:
+            self.segmenter.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ forward
+
+    @property
+    def resolution(self) -> int:
+        return int(self.data["resolution"])
+
+    def styles(
+        self, shape_mask: torch.Tensor, texture_img: torch.Tensor, truncation_psi: float = 1.0
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``(ws [B, num_ws, w_dim], {r: feature map})`` for aligned inputs (see :meth:`forward`).
+
+        ``truncation_psi < 1`` pulls ws toward ``w_avg`` (the average garment).
+        """
+        ws, features = self.encoders.encode(shape_mask, texture_img)
+        if truncation_psi != 1.0:
+            ws = self.encoders.w_avg.to(ws.dtype).lerp(ws, truncation_psi)
+        return ws, features
+
+    def synthesize(
+        self,
+        ws: torch.Tensor,
+        features: dict[int, torch.Tensor] | None = None,
+        noise_mode: str = "const",
+    ) -> torch.Tensor:
+        """Draw ``ws`` (with injected ``features``): image ``[B, 3, R, R]`` roughly in ``[-1, 1]``."""
+        return self.generator.synthesis(ws, noise_mode=noise_mode, features=features)
+
+    def forward(
+        self,
+        shape_mask: torch.Tensor,
+        texture_img: torch.Tensor,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "const",
+    ) -> torch.Tensor:
+        """Mask float {0, 1} ``[B, 1, R, R]`` + texture float [-1, 1] ``[B, 3, R, R]`` -> image ``[B, 3, R, R]``.
+
+        The output is not clamped (training wants the gradient); clamp to ``[-1, 1]`` to view.
+        """
+        ws, features = self.styles(shape_mask, texture_img, truncation_psi)
+        return self.synthesize(ws, features, noise_mode)
+
+    def extra_repr(self) -> str:
+        return (
+            f"resolution={self.resolution}, injection={self.encoders.injection}, "
+            f"tune_generator={self.tune_generator}, segmenter={self.segmenter is not None}"
+        )
