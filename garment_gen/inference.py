@@ -25,6 +25,7 @@ from torch import nn
 from garment_gen.errors import GarmentGenError
 from garment_gen.networks.garment_model import GarmentModel
 from garment_gen.networks.serialization import load_model, save_model
+
 PRETRAINED_DIR = Path(__file__).resolve().parent / "assets" / "models"
 PRETRAINED_PREFIX = "pretrained:"
 

@@ -72,7 +72,9 @@ def test_segmenter_iou_improves_and_plugs_into_prepare(tmp_path):
 def test_load_segmenter_rejects_other_files(tmp_path, tiny_generator):
     from garment_gen.networks.segmenter import load_segmenter
 
-    with pytest.raises(GarmentGenError, match="this is a pretrained generator.*expected a segmenter"):
+    with pytest.raises(
+        GarmentGenError, match="this is a pretrained generator.*expected a segmenter"
+    ):
         load_segmenter(tiny_generator)
 
 
@@ -102,7 +104,9 @@ def test_encoders_frozen_generator_and_loss_decreases(tmp_path, tiny_generator):
     g_before = {k: v.clone() for k, v in module.model.generator.state_dict().items()}
     assert not any(p.requires_grad for p in module.model.generator.parameters())
     trainer.fit(module, datamodule=dm)
-    assert not module.model.generator.training  # kept in eval although Lightning put the module in train mode
+    assert (
+        not module.model.generator.training
+    )  # kept in eval although Lightning put the module in train mode
     for k, v in module.model.generator.state_dict().items():
         assert torch.equal(v, g_before[k]), k
     assert all(p.grad is None for p in module.model.generator.parameters())
@@ -112,7 +116,10 @@ def test_encoders_frozen_generator_and_loss_decreases(tmp_path, tiny_generator):
     ckpt = torch.load(
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
-    assert not any(k.startswith(("model.generator.", "model.segmenter.", "loss_fn.")) for k in ckpt["state_dict"])
+    assert not any(
+        k.startswith(("model.generator.", "model.segmenter.", "loss_fn."))
+        for k in ckpt["state_dict"]
+    )
 
 
 def test_threshold_stops_training(tmp_path, tiny_generator):

@@ -70,11 +70,23 @@ class EncoderLossSettings:
         unknown = sorted(set(cfg) - names - {"_target_"})
         missing = sorted(names - set(cfg))
         if unknown:
-            raise ConfigError(f"loss: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"loss: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         if missing:
-            raise ConfigError(f"loss: missing setting(s) {', '.join(missing)} (see conf/loss/encoders.yaml)")
+            raise ConfigError(
+                f"loss: missing setting(s) {', '.join(missing)} (see conf/loss/encoders.yaml)"
+            )
         values = {k: cfg[k] for k in names}
-        for k in ("w_l2", "w_lpips", "w_shape", "w_cross_texture", "w_cross_shape", "w_adv", "d_lr"):
+        for k in (
+            "w_l2",
+            "w_lpips",
+            "w_shape",
+            "w_cross_texture",
+            "w_cross_shape",
+            "w_adv",
+            "d_lr",
+        ):
             v = values[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"loss.{k}={v!r}: expected a number >= 0")
@@ -282,7 +294,9 @@ class EncodersModule(StageModule):
         opt.step()
         objective = logs.pop("train/objective")
         self.log_dict(logs, batch_size=b, on_step=True, on_epoch=False)
-        self.log("train/objective", objective, prog_bar=True, batch_size=b, on_step=True, on_epoch=False)
+        self.log(
+            "train/objective", objective, prog_bar=True, batch_size=b, on_step=True, on_epoch=False
+        )
 
     def _d_step(
         self,
@@ -327,7 +341,9 @@ class EncodersModule(StageModule):
                     (seg(cross_img) > 0).float(), pair["mask"]
                 ).mean()
         self.log_dict(logs, batch_size=b, sync_dist=True)
-        self.log("val/objective", terms[self.active_loss], prog_bar=True, batch_size=b, sync_dist=True)
+        self.log(
+            "val/objective", terms[self.active_loss], prog_bar=True, batch_size=b, sync_dist=True
+        )
         if batch_idx == 0:
             n = min(self.hparams.n_val_images, b)
             self._val_batch = {
