@@ -39,6 +39,14 @@ Speed notes (measured on a 2-core CPU, see ``bench/bench_stylegan2.py``):
 * Bias, noise and activation are applied in place on conv outputs (their
   producers do not need them for backward), saving allocations of ~30 MB
   tensors at 64 px that otherwise page-fault on every step.
+
+Same weights, same images as NVlabs' StyleGAN2-ADA and rosinality's stylegan2-pytorch in
+float32 (:mod:`garment_gen.convert` maps their files onto :class:`Generator`; parity is tested
+in ``tests/test_convert.py``). Two details differ in form only: the equalised-lr weight gain is
+folded into the styles *before* demodulation (rosinality's order), so the demodulation epsilon
+(1e-8) meets a sum ``in_channels * 9`` times smaller than in NVlabs' code (a relative change of
+about 5e-9 / mean(style^2), far below float32 rounding for working styles); and conv clamping
+is before the folded gain unless ``clamp_after_gain=True`` (see :class:`Generator`).
 """
 
 from __future__ import annotations
@@ -324,16 +332,22 @@ class SynthesisBlock(nn.Module):
         resolution: int,
         img_channels: int,
         conv_clamp: float | None,
+        clamp_after_gain: bool = False,
     ):
         super().__init__()
         self.resolution = resolution
         self.first = in_channels == 0
+        # The convs' outputs lack the leaky ReLU's sqrt(2) gain (folded into their consumers):
+        # clamping them at conv_clamp / sqrt(2) is clamping the gained activations at conv_clamp.
+        act_clamp = conv_clamp
+        if conv_clamp is not None and clamp_after_gain:
+            act_clamp = conv_clamp / _LRELU_GAIN
         if self.first:
             # kept [1, C, r, r] and broadcast by the modulation, never expanded to the batch
             self.const = nn.Parameter(torch.randn(1, out_channels, resolution, resolution))
             self.conv0 = None
             self.conv1 = ModulatedConv(
-                out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp
+                out_channels, out_channels, w_dim, resolution, conv_clamp=act_clamp
             )
         else:
             self.conv0 = ModulatedConv(
@@ -343,7 +357,7 @@ class SynthesisBlock(nn.Module):
                 resolution,
                 up=True,
                 in_gain=_LRELU_GAIN,
-                conv_clamp=conv_clamp,
+                conv_clamp=act_clamp,
             )
             self.conv1 = ModulatedConv(
                 out_channels,
@@ -351,7 +365,7 @@ class SynthesisBlock(nn.Module):
                 w_dim,
                 resolution,
                 in_gain=_LRELU_GAIN,
-                conv_clamp=conv_clamp,
+                conv_clamp=act_clamp,
             )
             self.register_buffer(
                 "img_up", _upsample_matrix(resolution // 2, gain=2.0), persistent=False
@@ -400,6 +414,7 @@ class SynthesisNetwork(nn.Module):
         channel_base: int,
         channel_max: int,
         conv_clamp: float | None = None,
+        clamp_after_gain: bool = False,
     ):
         super().__init__()
         self.resolution = resolution
@@ -413,7 +428,9 @@ class SynthesisNetwork(nn.Module):
         idx = 0
         for r in self.block_resolutions:
             in_ch = 0 if r == 4 else channels[r // 2]
-            blk = SynthesisBlock(in_ch, channels[r], w_dim, r, img_channels, conv_clamp)
+            blk = SynthesisBlock(
+                in_ch, channels[r], w_dim, r, img_channels, conv_clamp, clamp_after_gain
+            )
             self.blocks.append(blk)
             self.ws_index.append(idx)
             idx += blk.num_conv
@@ -463,6 +480,11 @@ class Generator(nn.Module):
     Channels at resolution ``r`` are ``min(channel_base // r, channel_max)``.
     All weights use the equalised learning rate; the mapping network's by
     ``mapping_lr_mul`` too. ``w_avg`` tracks the mean W for truncation.
+
+    ``conv_clamp`` (None: off) limits activations to ``[-conv_clamp, conv_clamp]``: toRGB
+    outputs, and conv outputs *before* the leaky ReLU's folded sqrt(2) gain (garment_gen's
+    convention, the default), or after it with ``clamp_after_gain=True`` (NVlabs'
+    StyleGAN2-ADA convention, set by :mod:`garment_gen.convert` for their networks).
     """
 
     def __init__(
@@ -478,6 +500,7 @@ class Generator(nn.Module):
         style_mixing_prob: float = 0.9,
         w_avg_beta: float = 0.995,
         conv_clamp: float | None = None,
+        clamp_after_gain: bool = False,
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -511,6 +534,7 @@ class Generator(nn.Module):
             style_mixing_prob=float(style_mixing_prob),
             w_avg_beta=float(w_avg_beta),
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
+            clamp_after_gain=bool(clamp_after_gain),
         )
         self.resolution, self.z_dim, self.w_dim, self.img_channels = (
             resolution,
@@ -528,7 +552,13 @@ class Generator(nn.Module):
             ]
         )
         self.synthesis = SynthesisNetwork(
-            resolution, w_dim, img_channels, channel_base, channel_max, conv_clamp
+            resolution,
+            w_dim,
+            img_channels,
+            channel_base,
+            channel_max,
+            conv_clamp,
+            bool(clamp_after_gain),
         )
         self.num_ws = self.synthesis.num_ws
         self.register_buffer("w_avg", torch.zeros(w_dim))
