@@ -173,7 +173,9 @@ def test_metrics_json_layout_and_ranges(cli_report, tiny_model):
     assert Path(report["dataset"]).is_dir()
     model, base = report["model"], report["paste_baseline"]
     assert set(model) == set(base) == {key for key, _, _ in TABLE}
-    for row in (model, base):
+    mean, upper = report["mean_garment"], report["upper_bound"]
+    assert set(mean) == set(upper) == set(model)
+    for row in (model, base, mean, upper):
         for key in ("iou_segmenter", "iou_classical", "cross_iou_segmenter", "cross_iou_classical"):
             assert 0.0 <= row[key] <= 1.0, (
                 key
@@ -182,9 +184,13 @@ def test_metrics_json_layout_and_ranges(cli_report, tiny_model):
         assert 0.0 <= row["l2"] <= 4.0 and -1.0 <= row["ssim"] <= 1.0 and row["lpips"] >= 0.0
         assert 0.0 <= row["cross_hist_hellinger"] <= 1.0 and row["cross_lpips_crop"] >= 0.0
         assert math.isfinite(row["realism"]) and row["realism"] >= 0.0
+        assert math.isfinite(row["realism_kid"])
+        assert row["cross_dists_crop"] is None or 0.0 <= row["cross_dists_crop"] <= 1.0
     assert model["images_per_second"] > 0 and base["images_per_second"] is None
+    assert mean["images_per_second"] is None and upper["images_per_second"] is None
     # The table names both methods and the realism backend; the grids were written.
     assert "paste baseline" in stdout and "FD-VGG" in stdout and "speed" in stdout
+    assert "mean garment" in stdout and "upper bound" in stdout and "KID-VGG" in stdout
     for name in ("reconstructions.png", "cross.png"):
         assert (out / name).stat().st_size > 0
 
@@ -196,6 +202,9 @@ def test_same_seed_gives_same_metrics(cli_report, tiny_model, tmp_path):
         for key, value in first[method].items():
             if key == "images_per_second":
                 continue  # a timing, not a metric of the images
+            if value is None:
+                assert again[method][key] is None, (method, key)
+                continue
             assert again[method][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (method, key)
     assert (
         json.loads((tmp_path / "metrics.json").read_text())["model"]["l2"] == again["model"]["l2"]
@@ -222,6 +231,32 @@ def test_full_textures_make_the_paste_baseline_exact(tiny_model):
     assert report["realism_backend"] is None and base["realism"] is None
     assert "out" not in report  # a loaded model and no out: nothing written
     assert "realism (off)" in format_table(report)
+
+
+def test_mean_garment_baseline_paints_the_average_garment_inside_the_mask():
+    from garment_gen.evaluate import mean_garment, paint_inside
+
+    class _Two:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, k):
+            img = torch.full((3, 4, 4), -1.0 if k == 0 else 0.5)
+            mask = torch.zeros(1, 4, 4)
+            mask[:, : 2 + k] = 1  # rows 0-1 covered by both, row 2 by the second only
+            return {"image": img, "mask": mask}
+
+    avg = mean_garment(_Two(), (255, 255, 255))
+    assert torch.allclose(avg[:, 0], torch.full((3, 4), -0.25))  # mean of both
+    assert torch.allclose(avg[:, 2], torch.full((3, 4), 0.5))  # only the second covers it
+    # uncovered pixels: the mean garment colour over all garment pixels
+    assert torch.allclose(avg[:, 3], torch.full((3, 4), (-1 * 8 + 0.5 * 12) / 20))
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., 1:3, 1:3] = 1
+    out = paint_inside(target, avg, (255, 255, 255))
+    assert torch.equal(out[0, :, 0, 0], torch.ones(3)) and torch.allclose(
+        out[0, :, 1, 1], avg[:, 1, 1]
+    )
 
 
 def test_paste_baseline_fits_texture_into_target_box():

@@ -154,6 +154,8 @@ def _upgrade(payload: dict[str, Any]) -> dict[str, Any]:
 def read_model_file(path: str | Path) -> dict[str, Any]:
     """The payload of a model file (any version), checked: ``{kind, config, state_dict, meta}``."""
     path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
     try:
         payload = safe_torch_load(path)
     except CheckpointFileError as exc:

@@ -68,7 +68,7 @@ def test_another_kind_or_a_damaged_file_is_one_line(tmp_path):
     broken.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ModelFileError, match="broken.pt: cannot be loaded safely"):
         load_model(broken)
-    with pytest.raises(ModelFileError, match="missing.pt: file not found"):
+    with pytest.raises(ModelFileError, match="missing.pt: model file not found"):
         load_model(tmp_path / "missing.pt")
     torch.save({"kind": "generator", "format_version": 99, "config": {}, "state_dict": {}}, broken)
     with pytest.raises(ModelFileError, match="newer garment_gen"):

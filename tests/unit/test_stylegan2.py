@@ -179,7 +179,7 @@ def test_export_load_round_trip(tmp_path) -> None:
     path = export_generator(g, tmp_path / "sub" / "generator.pt")
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
     payload = torch.load(path, weights_only=True)
-    assert payload["kwargs"] == g.get_config() and payload["kwargs"]["style_mixing_prob"] == 0.5
+    assert payload["config"] == g.get_config() and payload["config"]["style_mixing_prob"] == 0.5
     g2 = load_generator(path)
     assert isinstance(g2, Generator) and not g2.training
     g.eval()
