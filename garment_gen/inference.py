@@ -9,7 +9,7 @@ inputs. It is read with ``torch.load(weights_only=True)``: no pickled code.
     images = gen.generate(shape="coat_mask.png", texture="stars_tshirt.jpg")
 
 Models shipped inside the package (``garment_gen/assets/models/<name>/garment_model.pt``,
-with a ``model_card.md`` beside it, written by ``scripts/train_reference.sh``) load by name:
+with a ``model_card.md`` beside it, written by ``python -m garment_gen.reference``) load by name:
 ``GarmentGenerator.from_pretrained("reference")``, or ``pretrained:reference`` wherever a
 model path is expected (``python -m garment_gen.generate model=pretrained:reference ...``).
 """
@@ -65,8 +65,8 @@ def resolve_model_file(model: str | Path) -> Path:
         else f"none is shipped with this installation ({PRETRAINED_DIR} holds no garment_model.pt)"
     )
     raise GarmentGenError(
-        f"no pretrained garment model {name!r}; {have}. Train one on a GPU machine with "
-        f"`scripts/train_reference.sh --data DATASET --out {PRETRAINED_DIR / (name or 'NAME')}` "
+        f"no pretrained garment model {name!r}; {have}. Train one with "
+        f"`scripts/train_reference.sh pipeline.data=DATASET pipeline.out={PRETRAINED_DIR / (name or 'NAME')}` "
         "(README, 'Reference model'), or load your own file with "
         "GarmentGenerator.from_checkpoint(PATH)"
     )

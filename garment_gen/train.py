@@ -175,6 +175,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"missing required value(s): {', '.join(missing)}; set them on the command line, e.g. {missing[0]}=..."
         )
+    if "pipeline" in cfg:
+        name = cfg.pipeline.get("name", "?")
+        raise ConfigError(
+            f"experiment={name} chains every stage: run python -m garment_gen.pipeline experiment={name}"
+        )
     check_values(cfg, TRAIN_SCHEMA)
     max_time = OmegaConf.select(cfg, "trainer.max_time")
     if isinstance(max_time, str) and not _is_duration(max_time):

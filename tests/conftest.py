@@ -115,25 +115,48 @@ def sample_root() -> Path:
 
 def compose_config(overrides: list[str], run_dir: Path, log_dir: Path):
     """Compose the training config like the CLI would, with Hydra's run folder set to ``run_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from garment_gen.pipeline import compose
 
-    from garment_gen import conf_dir
+    overrides = list(overrides)
+    stage = next(o.split("=", 1)[1] for o in overrides if o.startswith("stage="))
+    rest = [o for o in overrides if not o.startswith("stage=")]
+    return compose(stage, rest, log_dir, run_dir)
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-        cfg.paths.log_dir = str(log_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    GlobalHydra.instance().clear()
-    return cfg
+
+# The smoke experiment, cut to a few optimizer steps per stage: the chain every test that needs
+# trained networks shares (one run per session).
+TINY_CHAIN = [
+    "pipeline.stages.pretrain.set.trainer.max_steps=8",
+    "pipeline.stages.segmenter.set.trainer.max_steps=6",
+    "pipeline.stages.encoders.set.trainer.max_steps=4",
+    "pipeline.minutes=30",
+    "pipeline.evaluate=null",
+    "pipeline.grid=false",
+]
+
+
+def build_tiny_garment_model(log_dir: Path) -> dict[str, Path]:
+    """Run the smoke pipeline (pretrain -> segmenter -> encoders, a few steps each) once under
+    ``log_dir``; returns the paths of ``garment_model``, ``generator`` and ``segmenter``. A second
+    call with the same ``log_dir`` finds the pipeline state and trains nothing."""
+    from garment_gen.pipeline import compose_pipeline, run_pipeline
+
+    p = compose_pipeline("smoke", [f"pipeline.out={log_dir}", *TINY_CHAIN])
+    runs = {k: Path(v) for k, v in run_pipeline(p)["runs"].items()}
+    paths = {
+        "generator": runs["pretrain"] / "generator.pt",
+        "segmenter": runs["segmenter"] / "segmenter.pt",
+        "garment_model": runs["encoders"] / "garment_model.pt",
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    assert not missing, f"tiny model fixture did not produce {missing}"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny trained networks (see :func:`build_tiny_garment_model`)."""
+    return build_tiny_garment_model(tmp_path_factory.getbasetemp() / "tiny_garment_model")
 
 
 @pytest.fixture
@@ -162,59 +185,19 @@ TINY_ENCODERS = [
 
 
 @pytest.fixture(scope="session")
-def tiny_generator(tmp_path_factory) -> Path:
+def tiny_generator(tiny_chain) -> Path:
     """``generator.pt`` of a tiny StyleGAN2 after a few CPU steps on the bundled sample."""
-    from garment_gen.train import train
-
-    root = tmp_path_factory.mktemp("pretrain")
-    cfg = compose_config(
-        [
-            "stage=pretrain",
-            "model=stylegan2_tiny",
-            "debug=fast",
-            "model.realism=null",
-            "trainer.enable_model_summary=false",
-        ],
-        root / "run",
-        root,
-    )
-    train(cfg)
-    return root / "run" / "generator.pt"
+    return tiny_chain["generator"]
 
 
 @pytest.fixture(scope="session")
-def tiny_segmenter(tmp_path_factory) -> Path:
+def tiny_segmenter(tiny_chain) -> Path:
     """``segmenter.pt`` of a small U-Net after a few CPU steps on the bundled sample."""
-    from garment_gen.train import train
-
-    root = tmp_path_factory.mktemp("segmenter")
-    cfg = compose_config(
-        ["stage=segmenter", *TINY_SEGMENTER, "trainer.max_steps=6", "trainer.limit_val_batches=1"],
-        root / "run",
-        root,
-    )
-    train(cfg)
-    return root / "run" / "segmenter.pt"
+    return tiny_chain["segmenter"]
 
 
 @pytest.fixture(scope="session")
-def tiny_garment_model(tmp_path_factory, tiny_generator, tiny_segmenter) -> Path:
-    """``garment_model.pt``: tiny encoders fitted a few steps on the tiny generator, with the segmenter."""
-    from garment_gen.train import train
-
-    root = tmp_path_factory.mktemp("encoders")
-    cfg = compose_config(
-        [
-            "stage=encoders",
-            *TINY_ENCODERS,
-            f"model.generator={tiny_generator}",
-            f"loss.segmenter={tiny_segmenter}",
-            "loss.w_shape=0.1",
-            "trainer.max_steps=4",
-            "trainer.limit_val_batches=1",
-        ],
-        root / "run",
-        root,
-    )
-    train(cfg)
-    return root / "run" / "garment_model.pt"
+def tiny_garment_model(tiny_chain) -> Path:
+    """``garment_model.pt``: tiny encoders (feature injection, cross pairs) fitted a few steps on
+    the tiny generator, with the segmenter."""
+    return tiny_chain["garment_model"]

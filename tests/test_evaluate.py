@@ -29,81 +29,15 @@ from garment_gen.evaluate import (
     paste_baseline,
 )
 
-# Small but complete: every stage the garment model bundles, a handful of steps each.
-_COMMON = [
-    "debug=fast",
-    "data.batch_size=4",
-    "trainer.enable_model_summary=false",
-    "trainer.max_steps=2",
-]
-_STAGES = {
-    "pretrain": ["stage=pretrain", "model=stylegan2_tiny", "model.realism=null"],
-    "segmenter": [
-        "stage=segmenter",
-        "model.net.encoder_depth=3",
-        "model.net.decoder_channels=[16,8,8]",
-    ],
-    "encoders": [
-        "stage=encoders",
-        "model.generator=latest",
-        "model.encoders.base_channels=8",
-        "model.encoders.max_channels=32",
-        "loss.w_shape=0.1",
-        "loss.segmenter=latest",
-        # End the (64-batch) epoch at the last step so validation runs and the monitored metric exists.
-        "trainer.limit_train_batches=2",
-    ],
-}
 # Cheap evaluation settings shared by the tests that compare runs.
 FAST_EVAL = dict(
     max_samples=4, num_pairs=4, batch_size=4, realism="fd_vgg", realism_size=32, speed_images=4
 )
 
 
-def build_tiny_garment_model(log_dir: Path) -> dict[str, Path]:
-    """Train pretrain -> segmenter -> encoders on the bundled sample under ``log_dir``, once.
-
-    Returns the paths of ``garment_model``, ``generator`` and ``segmenter``. A second call with
-    the same ``log_dir`` reuses the files (both test modules share the session's folder).
-    """
-    paths = {
-        "generator": log_dir / "pretrain/runs/r0/generator.pt",
-        "segmenter": log_dir / "segmenter/runs/r0/segmenter.pt",
-        "garment_model": log_dir / "encoders/runs/r0/garment_model.pt",
-    }
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from garment_gen import conf_dir
-    from garment_gen.train import train
-
-    try:
-        for stage, overrides in _STAGES.items():
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-                cfg = compose("config", overrides=overrides + _COMMON, return_hydra_config=True)
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(log_dir / stage / "runs" / "r0")
-                cfg.hydra.job.num = 0
-                cfg.paths.log_dir = str(log_dir)
-            HydraConfig.instance().set_config(cfg)
-            with open_dict(cfg):
-                del cfg["hydra"]
-            train(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    assert not missing, f"tiny model fixture did not produce {missing}"
-    return paths
-
-
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_garment_model(tmp_path_factory.getbasetemp() / "tiny_garment_model")
+def tiny_model(tiny_chain) -> dict[str, Path]:
+    return tiny_chain
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -16,12 +16,12 @@ import torch
 
 from garment_gen.errors import GarmentGenError
 from garment_gen.export import InferenceModel, export, random_inputs
-from tests.test_evaluate import build_tiny_garment_model, run_main_in_process
+from tests.test_evaluate import run_main_in_process
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_garment_model(tmp_path_factory.getbasetemp() / "tiny_garment_model")
+def tiny_model(tiny_chain) -> dict[str, Path]:
+    return tiny_chain
 
 
 @pytest.fixture(scope="module")

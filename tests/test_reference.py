@@ -17,22 +17,11 @@ BUDGET_MINUTES = 1.0
 # Lightning checks its time limit between steps, and each stage ends with a validation and an
 # export: a slow step or two may pass the budget by this much.
 MARGIN_SECONDS = 20.0
-# Tiny networks and a short evaluation, so that a one-minute budget covers every stage.
+# The smoke experiment's tiny networks, with a short evaluation.
 TINY = [
-    "--trainer=cpu",
-    "--workers=0",
-    "--model=stylegan2_tiny",
-    "--fractions=0.25,0.08,0.17",
-    "--set=data.batch_size=8",
-    "--set=pretrain:model.realism=null",
-    "--set=segmenter:model.net.decoder_channels=[16,8,8]",
-    "--set=encoders:model.encoders.base_channels=8",
-    "--set=encoders:model.encoders.max_channels=32",
-    "--set=eval:max_samples=8",
-    "--set=eval:num_pairs=8",
-    "--set=eval:realism=fd_vgg",
-    "--set=eval:realism_size=32",
-    "--set=eval:speed_images=8",
+    "experiment=smoke",
+    f"pipeline.minutes={BUDGET_MINUTES}",
+    "pipeline.evaluate.max_samples=8",
 ]
 
 
@@ -50,11 +39,10 @@ def rehearsal(tmp_path_factory, sample_root) -> tuple[Path, dict, float, float]:
     t0, cpu0 = time.monotonic(), time.process_time()
     metrics = main(
         [
-            f"--data={sample_root}",
-            f"--out={root / 'out'}",
-            f"--work={root / 'work'}",
-            f"--minutes={BUDGET_MINUTES}",
             *TINY,
+            f"pipeline.data={sample_root}",
+            f"pipeline.out={root / 'out'}",
+            f"pipeline.work={root / 'work'}",
         ]
     )
     wall = time.monotonic() - t0
@@ -66,42 +54,74 @@ def test_rehearsal_writes_everything_within_its_budget(rehearsal):
     out, metrics, wall, cpu_share = rehearsal
     budget = BUDGET_MINUTES * 60
     boxes = [metrics["stages"][s]["box_seconds"] for s in ("pretrain", "segmenter", "encoders")]
-    assert sum(boxes) <= budget * 0.5 + 3, boxes  # the stages' shares of the budget, no more
+    assert sum(boxes) <= budget * 0.8 + 3, boxes  # the stages' shares of the budget, no more
     # Lightning checks the limit between steps: when other processes starve this one, a single
     # step can outlast the margin, and the wall clock says nothing about the time boxes.
     if cpu_share > 0.5:
-        assert wall <= budget + MARGIN_SECONDS, (wall, cpu_share, metrics["stages"])
+        assert metrics["wall_seconds"] <= budget + 3 * MARGIN_SECONDS, (wall, metrics["stages"])
     for name in (
         "garment_model.pt",
         "metrics.json",
         "model_card.md",
         "train_reference.log",
-        "pretrain_samples.png",
         "test_reconstructions.png",
         "test_cross_pairs.png",
         "shape_texture_grid.png",
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("kimg", "device_name", "torch_version", "configs", "stages", "test", "files"):
+    for key in ("kimg", "device_name", "torch_version", "experiment", "stages", "test", "files"):
         assert saved.get(key) is not None, key
     assert saved["kimg"] > 0 and saved["torch_version"] == str(torch.__version__)
-    assert saved["configs"]["pretrain"] == "stylegan2_tiny"
-    assert saved["configs"]["encoders"] == "encoders_compact"
+    assert saved["calls"] == 1 and saved["experiment"]["name"] == "smoke"
+    assert "model=stylegan2_tiny" in saved["stages"]["pretrain"]["groups"]
     for stage in ("pretrain", "segmenter", "encoders"):
         s = saved["stages"][stage]
         assert s["wall_seconds"] > 0 and s["box_seconds"] >= 1, (stage, s)
         assert s["images_per_second"] > 0 and "time limit" in s["stop_reason"], (stage, s)
-    for method in ("model", "paste_baseline"):
+    for method in ("model", "upper_bound", "mean_garment", "paste_baseline"):
         for key in ("realism", "lpips", "iou_classical", "cross_iou_classical"):
             assert isinstance(saved["test"][method][key], float), (method, key)
     assert saved["test"]["realism_backend"] == "fd_vgg" and saved["test"]["n"] == 8
+    assert abs(saved["fp16_check"]["lpips_delta"]) <= 0.005
     assert all(size < 16 * 2**20 for size in saved["files"].values())
     card = (out / "model_card.md").read_text()
-    assert "FD-VGG" in card and "paste baseline" in card and "MIT" in card and "CC0" in card
+    assert "FD-VGG" in card and "paste" in card and "mean garment" in card and "upper bound" in card
+    assert "MIT" in card and "CC0" in card and "1 call(s)" in card and "$" not in card
     assert f"{saved['test']['model']['lpips']:.3g}" in card
     log = (out / "train_reference.log").read_text()
     assert "stage encoders" in log and "test split" in log
+
+
+@pytest.mark.slow
+def test_a_second_call_resumes_and_skips_what_is_done(rehearsal, sample_root, tmp_path):
+    """The pipeline state of the rehearsal says every stage is done: a second call trains
+    nothing, counts a second call, and rewrites the same files."""
+    from garment_gen.pipeline import compose_pipeline, run_pipeline
+
+    out = rehearsal[0]
+    work = out.parent / "work"
+    state = json.loads((work / "pipeline_state.json").read_text())
+    assert all(
+        state["stages"][s]["status"] == "done" for s in ("pretrain", "segmenter", "encoders")
+    )
+    p = compose_pipeline(
+        "smoke",
+        [
+            f"pipeline.data={sample_root}",
+            f"pipeline.out={tmp_path}",
+            f"pipeline.work={work}",
+            "pipeline.evaluate=null",
+        ],
+    )
+    t0 = time.monotonic()
+    summary = run_pipeline(p)
+    assert summary["calls"] == 2 and time.monotonic() - t0 < 60
+    assert summary["runs"] == {k: v["run_dir"] for k, v in state["stages"].items()}
+    with pytest.raises(GarmentGenError, match="holds a run of experiment 'smoke', not 'demo'"):
+        run_pipeline(
+            compose_pipeline("demo", [f"pipeline.out={tmp_path}", f"pipeline.work={work}"])
+        )
 
 
 @pytest.mark.slow
@@ -110,13 +130,20 @@ def test_rehearsal_model_is_float16_on_disk_and_generates(rehearsal, sample_root
 
     out = rehearsal[0]
     raw = torch.load(out / "garment_model.pt", map_location="cpu", weights_only=True)
-    assert raw["weights_dtype"] == "float16"
+    assert raw["weights_dtype"] == "float16" and raw["kind"] == "garment_model"
     for key in ("generator", "encoders", "segmenter"):
-        floats = [v for v in raw[key]["state_dict"].values() if v.is_floating_point()]
-        assert floats and all(v.dtype == torch.float16 for v in floats), key
+        floats = [
+            v for k, v in raw["state_dict"].items() if k.startswith(key) and v.is_floating_point()
+        ]
+        kept = set(raw.get("kept_float32", []))
+        assert floats and all(
+            v.dtype == torch.float16
+            for k, v in raw["state_dict"].items()
+            if k.startswith(key) and v.is_floating_point() and k not in kept
+        ), key
     gen = GarmentGenerator.from_checkpoint(out / "garment_model.pt")
     assert all(p.dtype == torch.float32 for p in gen.generator.parameters())
-    assert gen.meta["reference"]["kimg"] > 0 and "<work>" in gen.meta["generator_file"]
+    assert gen.meta["reference"]["kimg"] > 0 and gen.meta["generator_file"].endswith("generator.pt")
     mask = next((sample_root / "masks").glob("*.png"))
     image = next((sample_root / "images").glob("*.png"))
     img = gen.generate([mask, mask], [image, image], output="tensor")
@@ -141,7 +168,7 @@ def test_from_pretrained_loads_a_shipped_model(rehearsal, tmp_path, monkeypatch,
     assert inference.available_pretrained() == ["ref"]
     assert inference.pretrained_path("ref") == models / "ref" / "garment_model.pt"
     gen = inference.GarmentGenerator.from_pretrained("ref")
-    assert gen.resolution == 64 and gen.meta["reference"]["name"] == "reference"
+    assert gen.resolution == 64 and gen.meta["reference"]["name"] == "smoke"
     # The same model wherever a model path is expected.
     mask = sorted((sample_root / "masks").glob("*.png"))[0]
     res = run(
@@ -243,17 +270,25 @@ def test_too_big_a_model_fails_before_training(tmp_path, sample_root, capsys):
     with pytest.raises(SystemExit) as exc:
         main(
             [
-                f"--data={sample_root}",
-                f"--out={tmp_path / 'out'}",
-                f"--work={tmp_path / 'work'}",
-                "--trainer=cpu",
-                "--model=stylegan2",
+                f"pipeline.data={sample_root}",
+                f"pipeline.out={tmp_path / 'out'}",
+                f"pipeline.work={tmp_path / 'work'}",
+                "pipeline.stages.pretrain.groups.model=stylegan2",
             ]
         )
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "not below the 16.00 MiB" in err and "--model" in err
+    assert "not below the 16.00 MiB" in err and "narrower networks" in err
     assert not (tmp_path / "work").exists()  # nothing was trained
+
+
+def test_reference_needs_its_data(capsys):
+    from garment_gen.reference import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "pipeline.data is required" in capsys.readouterr().err
 
 
 def test_shipped_files_must_be_below_the_limit(tmp_path):
@@ -267,19 +302,28 @@ def test_shipped_files_must_be_below_the_limit(tmp_path):
         check_file_sizes(tmp_path)
 
 
-def test_stage_overrides_and_time_split():
-    from garment_gen.reference import merge_overrides, parse_overrides
+def test_every_experiment_composes_and_the_time_split():
+    """conf/experiment/*.yaml: each composes, each stage's groups and values build a config
+    (an unknown key would fail), and the fractions leave time for the evaluation."""
+    from garment_gen import conf_dir
+    from garment_gen.pipeline import STAGES, compose, compose_pipeline, stage_overrides
     from garment_gen.timebox import TimeBudget
 
-    parsed = parse_overrides(["data.batch_size=4", "encoders:loss.w_shape=0.2", "eval:seed=1"])
-    assert parsed == {
-        "all": ["data.batch_size=4"],
-        "encoders": ["loss.w_shape=0.2"],
-        "eval": ["seed=1"],
-    }
-    with pytest.raises(GarmentGenError, match="STAGE one of"):
-        parse_overrides(["decoder:x=1"])
-    assert merge_overrides(["a=1", "b=2"], ["a=3"]) == ["b=2", "a=3"]
+    names = sorted(f.stem for f in (conf_dir() / "experiment").glob("*.yaml"))
+    assert {"demo", "reference", "smoke"} <= set(names)
+    for name in names:
+        p = compose_pipeline(name, ["pipeline.data=null"])
+        assert p.name == name and sum(p.stages[s].fraction for s in STAGES) < 1
+        for stage in STAGES:
+            overrides, values = stage_overrides(p, stage)
+            cfg = compose(stage, overrides, values=values)
+            assert cfg.stage_name == stage
+    from garment_gen.errors import ConfigError
+
+    p = compose_pipeline("smoke", ["+pipeline.stages.encoders.set.loss.w_typo=1"])
+    overrides, values = stage_overrides(p, "encoders")
+    with pytest.raises(ConfigError, match="w_typo"):
+        compose("encoders", overrides, values=values)
     budget = TimeBudget(100, {"pretrain": 0.6, "segmenter": 0.1, "encoders": 0.2})
     assert budget.box("pretrain") == pytest.approx(60, abs=0.5)
     budget.done("pretrain", 60, 70)  # 10 s over: the later boxes share what is left
