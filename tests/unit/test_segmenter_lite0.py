@@ -95,7 +95,8 @@ def test_pretrained_encoder_refuses_other_encoders():
 
 
 def test_config_builds_the_pretrained_lite0(compose_cfg):
-    cfg = compose_cfg(["stage=segmenter", "model=segmenter_lite0"])
+    cfg = compose_cfg(["stage=segmenter"])  # the stage's default model
+    assert cfg.model.net.encoder_name == LITE0_ENCODER and cfg.model.net.pretrained_encoder
     net = hydra.utils.instantiate(cfg.model.net, resolution=64)
     assert isinstance(net, Segmenter) and net.get_config()["encoder_name"] == LITE0_ENCODER
     imagenet = feature_nets.load_efficientnet_lite0_state()
