@@ -9,10 +9,11 @@ the method, PTI-style). Each training batch runs, in order:
    frozen ImageNet features) learns to tell real garments from the model's outputs;
 2. **reconstruction**: mask + occluded texture of garment A -> A; first loss
    ``w_l2 * L2 + w_lpips * LPIPS``, second loss adds ``w_shape * L1(segmenter(output), mask)``;
-3. **cross pairs** (``loss.w_cross_texture`` / ``loss.w_cross_shape > 0``): A's mask with the
-   texture of another garment B of the batch; no ground truth exists, so the output's garment
-   colours are compared with B's (:func:`~garment_gen.losses.texture.cross_texture_loss`) and
-   its shape with A's mask (the segmenter);
+3. **cross pairs** (``loss.w_cross_texture`` / ``w_cross_shape`` / ``w_cross_paste > 0``): A's
+   mask with the texture of another garment B of the batch; no ground truth exists, so the
+   output's garment colours are compared with B's
+   (:func:`~garment_gen.losses.texture.cross_texture_loss`), its shape with A's mask (the
+   segmenter), and the whole with B's garment stretched onto A's shape (a pseudo-target);
 4. **realism** (``w_adv``): the hinge generator loss on the outputs of 2 and 3.
 
 Training stops when the active validation loss (first, or second with the shape term) falls
@@ -37,7 +38,7 @@ from garment_gen.losses.reconstruction import ReconstructionLoss, shape_l1_loss
 from garment_gen.losses.texture import cross_texture_loss
 from garment_gen.metrics.garment import colour_histograms, hellinger, iou
 from garment_gen.modules.base import StageModule, plain
-from garment_gen.networks.garment_model import GarmentModel
+from garment_gen.networks.garment_model import GarmentModel, fit_texture_to_shape
 from garment_gen.networks.segmenter import load_segmenter
 from garment_gen.networks.serialization import ModelFileError, save_model
 from garment_gen.networks.stylegan2 import load_generator
@@ -60,6 +61,7 @@ class EncoderLossSettings:
     threshold_second: float | None
     w_cross_texture: float
     w_cross_shape: float
+    w_cross_paste: float
     w_adv: float
     discriminator: dict[str, Any] | None
     d_lr: float
@@ -95,7 +97,7 @@ class EncoderLossSettings:
 
     @property
     def uses_cross(self) -> bool:
-        return self.w_cross_texture > 0 or self.w_cross_shape > 0
+        return self.w_cross_texture > 0 or self.w_cross_shape > 0 or self.w_cross_paste > 0
 
 
 class EncodersModule(StageModule):
@@ -110,6 +112,7 @@ class EncodersModule(StageModule):
         resolution: image side from the datamodule (must match the generator).
         loss: :class:`EncoderLossSettings`.
         tune_generator: ``none`` (the method), ``torgb`` or ``all``.
+        texture_fit: ``none`` or ``shape`` (see :class:`GarmentModel`).
         generator_lr_mul: learning-rate factor of tuned generator weights.
         n_val_images: rows in the validation grid (mask | texture | generated | original).
         noise_mode: generator noise while training and validating (``const``: the fixed noise
@@ -126,6 +129,7 @@ class EncodersModule(StageModule):
         resolution: int,
         loss: DictConfig | dict | None = None,
         tune_generator: str = "none",
+        texture_fit: str = "none",
         generator_lr_mul: float = 0.1,
         n_val_images: int = 8,
         noise_mode: str = "const",
@@ -140,6 +144,7 @@ class EncodersModule(StageModule):
                 "resolution": resolution,
                 "loss": dict(plain(loss) or {}),
                 "tune_generator": tune_generator,
+                "texture_fit": texture_fit,
                 "generator_lr_mul": generator_lr_mul,
                 "n_val_images": n_val_images,
                 "noise_mode": noise_mode,
@@ -170,7 +175,12 @@ class EncodersModule(StageModule):
         if target and not target.endswith("GarmentEncoders"):
             raise ConfigError(f"model.encoders._target_={target}: expected GarmentEncoders")
         self.model = GarmentModel.from_generator(
-            g, segmenter=segmenter, tune_generator=tune_generator, resolution=resolution, **enc_cfg
+            g,
+            segmenter=segmenter,
+            tune_generator=tune_generator,
+            texture_fit=texture_fit,
+            resolution=resolution,
+            **enc_cfg,
         )
         self.loss_fn = ReconstructionLoss(
             w_l2=settings.w_l2,
@@ -262,6 +272,15 @@ class EncodersModule(StageModule):
             shape = shape_l1_loss(self.model.segmenter(fake_img), pair["mask"])
             total = total + s.w_cross_shape * shape
             terms["cross_shape"] = shape.detach()
+        if s.w_cross_paste > 0:
+            # A pseudo-target: B's whole garment stretched onto A's shape (what the paste
+            # baseline draws); L2 + LPIPS with the reconstruction's weights.
+            target = fit_texture_to_shape(
+                pair["mask"], pair["ref_image"], self.model.data["background"]
+            )
+            paste, _ = self.loss_fn(fake_img, target, pair["mask"])
+            total = total + s.w_cross_paste * paste
+            terms["cross_paste"] = paste.detach()
         return total, terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -25,6 +25,7 @@ from garment_gen.networks.stylegan2 import Generator
 
 DEFAULT_DATA = {"margin": 0.06, "background": [255, 255, 255]}
 TUNE_CHOICES = ("none", "torgb", "all")
+TEXTURE_FITS = ("none", "shape")
 
 
 class GarmentModel(nn.Module):
@@ -40,6 +41,11 @@ class GarmentModel(nn.Module):
         tune_generator: which generator weights training may change: ``none`` (the method:
             frozen), ``torgb`` (the toRGB layers only) or ``all`` (PTI-style). Beyond the
             method; recorded so a tuned model says so.
+        texture_fit: ``none`` (the texture encoder reads the texture as given) or ``shape``:
+            the texture's garment is first stretched onto the shape's box and cut to the mask
+            (:func:`fit_texture_to_shape`), so the spatial texture features arrive where the
+            garment's parts are; for a texture of the same garment (training) it is close to
+            the identity.
     """
 
     def __init__(
@@ -49,8 +55,14 @@ class GarmentModel(nn.Module):
         segmenter: Segmenter | None = None,
         data: dict[str, Any] | None = None,
         tune_generator: str = "none",
+        texture_fit: str = "none",
     ):
         super().__init__()
+        if texture_fit not in TEXTURE_FITS:
+            raise ValueError(
+                f"texture_fit must be one of {', '.join(TEXTURE_FITS)}, got {texture_fit!r}"
+            )
+        self.texture_fit = texture_fit
         if tune_generator not in TUNE_CHOICES:
             raise ValueError(
                 f"tune_generator must be one of {', '.join(TUNE_CHOICES)}, got {tune_generator!r}"
@@ -77,11 +89,12 @@ class GarmentModel(nn.Module):
         segmenter: Segmenter | None = None,
         data: dict[str, Any] | None = None,
         tune_generator: str = "none",
+        texture_fit: str = "none",
         **encoder_kwargs: Any,
     ) -> GarmentModel:
         """New encoders sized for ``generator`` (``encoder_kwargs`` go to :class:`GarmentEncoders`)."""
         encoders = GarmentEncoders.from_generator(generator, **encoder_kwargs)
-        return cls(generator, encoders, segmenter, data, tune_generator)
+        return cls(generator, encoders, segmenter, data, tune_generator, texture_fit)
 
     def get_config(self) -> dict[str, Any]:
         """Plain values that rebuild the architecture (:meth:`from_config`); weights are in the state dict."""
@@ -91,6 +104,7 @@ class GarmentModel(nn.Module):
             "segmenter": None if self.segmenter is None else self.segmenter.get_config(),
             "data": dict(self.data),
             "tune_generator": self.tune_generator,
+            "texture_fit": self.texture_fit,
         }
 
     @classmethod
@@ -102,6 +116,7 @@ class GarmentModel(nn.Module):
             Segmenter(**seg) if seg else None,
             config.get("data"),
             config.get("tune_generator", "none"),
+            config.get("texture_fit", "none"),
         )
 
     # ------------------------------------------------------------------ what training may change
@@ -143,10 +158,17 @@ class GarmentModel(nn.Module):
 
         ``truncation_psi < 1`` pulls ws toward ``w_avg`` (the average garment).
         """
+        texture_img = self.prepare_texture(shape_mask, texture_img)
         ws, features = self.encoders.encode(shape_mask, texture_img)
         if truncation_psi != 1.0:
             ws = self.encoders.w_avg.to(ws.dtype).lerp(ws, truncation_psi)
         return ws, features
+
+    def prepare_texture(self, shape_mask: torch.Tensor, texture_img: torch.Tensor) -> torch.Tensor:
+        """The texture as the texture encoder reads it (fitted to the shape with ``texture_fit``)."""
+        if self.texture_fit == "shape":
+            return fit_texture_to_shape(shape_mask, texture_img, self.data["background"])
+        return texture_img
 
     def synthesize(
         self,
@@ -174,5 +196,59 @@ class GarmentModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"resolution={self.resolution}, injection={self.encoders.injection}, "
-            f"tune_generator={self.tune_generator}, segmenter={self.segmenter is not None}"
+            f"tune_generator={self.tune_generator}, texture_fit={self.texture_fit}, "
+            f"segmenter={self.segmenter is not None}"
         )
+
+
+def _box(fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bounding boxes of bool masks ``[B, H, W]`` as pixel edges ``(y0, y1, x0, x1)`` ``[B]`` each
+    (end exclusive); an empty mask gives the whole image. Tensor ops only (traceable)."""
+    b, h, w = fg.shape
+    rows, cols = fg.any(2), fg.any(1)
+    empty = ~rows.any(1)
+    rows = rows | empty[:, None]
+    cols = cols | empty[:, None]
+    y0 = rows.float().argmax(1)
+    y1 = h - rows.flip(1).float().argmax(1)
+    x0 = cols.float().argmax(1)
+    x1 = w - cols.flip(1).float().argmax(1)
+    return y0.float(), y1.float(), x0.float(), x1.float()
+
+
+def fit_texture_to_shape(
+    shape_mask: torch.Tensor,
+    texture_img: torch.Tensor,
+    background: tuple[int, int, int] | list[int] = (255, 255, 255),
+    tolerance: int = 16,
+) -> torch.Tensor:
+    """The texture's garment stretched onto the shape: ``[B, 3, R, R]`` in ``[-1, 1]``.
+
+    The bounding box of the texture's garment pixels (those differing from the background by
+    more than ``tolerance`` levels; the whole image for a swatch that fills the frame) is
+    resampled onto the bounding box of ``shape_mask`` (float ``{0, 1}`` ``[B, 1, R, R]``), and
+    only the pixels inside the mask are kept: B's fabric cut in A's silhouette, with its layout
+    (stripes, a print's regions) where the garment's parts are. For a texture made from the
+    same garment (training) it is close to the identity. Tensor ops only: batched,
+    differentiable in the texture and traceable for export.
+    """
+    bg = torch.tensor(list(background), dtype=texture_img.dtype, device=texture_img.device)
+    bg = (bg / 127.5 - 1).view(1, 3, 1, 1)
+    fg = (texture_img - bg).abs().amax(1) > tolerance / 127.5
+    ty0, ty1, tx0, tx1 = _box(fg)
+    my0, my1, mx0, mx1 = _box(shape_mask[:, 0] > 0.5)
+    h, w = texture_img.shape[-2:]
+    # normalised coordinates (align_corners=False): pixel edge e -> 2 e / size - 1
+    sy = (ty1 - ty0) / (my1 - my0).clamp(min=1)
+    sx = (tx1 - tx0) / (mx1 - mx0).clamp(min=1)
+    oy = (ty0 - my0 * sy) * 2 / h + sy - 1
+    ox = (tx0 - mx0 * sx) * 2 / w + sx - 1
+    zeros = torch.zeros_like(sx)
+    theta = torch.stack(
+        [torch.stack([sx, zeros, ox], 1), torch.stack([zeros, sy, oy], 1)], 1
+    )  # [B, 2, 3]
+    grid = torch.nn.functional.affine_grid(theta, list(texture_img.shape), align_corners=False)
+    fitted = torch.nn.functional.grid_sample(
+        texture_img, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return torch.where(shape_mask > 0.5, fitted, bg.expand_as(fitted))
