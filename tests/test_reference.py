@@ -274,6 +274,7 @@ def test_too_big_a_model_fails_before_training(tmp_path, sample_root, capsys):
                 f"pipeline.out={tmp_path / 'out'}",
                 f"pipeline.work={tmp_path / 'work'}",
                 "pipeline.stages.pretrain.groups.model=stylegan2",
+                "pipeline.stages.pretrain.groups.gan=stylegan2",
             ]
         )
     assert exc.value.code == 2
