@@ -11,7 +11,10 @@ budget (``fraction``); ``common`` applies to every stage. The runner
 1. gives each stage a time box (Lightning's ``trainer.max_time``): its fraction of the time
    actually left (:class:`~garment_gen.timebox.TimeBudget`), so a slow machine shortens the
    later stages instead of running past the limit;
-2. passes ``generator.pt`` and ``segmenter.pt`` on to the encoders stage;
+2. passes ``generator.pt`` and ``segmenter.pt`` on to the encoders stage; with
+   ``pipeline.generator=FILE`` (a ``generator.pt`` or a garment model, e.g. a shipped one or
+   one made by ``garment_gen.convert``) it skips pretrain, trains the rest over that
+   generator and gives pretrain's share of the budget to the encoders;
 3. records every finished stage in ``<work>/pipeline_state.json``: a second call with the same
    ``work`` folder skips what is done and resumes an interrupted stage from its
    ``last.ckpt`` (Lightning's timer continues from the checkpoint), within the budget left;
@@ -218,6 +221,23 @@ def _run_stage(
     return run_dir
 
 
+def _given_generator(p: DictConfig) -> Path | None:
+    """``pipeline.generator``: an existing ``generator.pt`` or garment model (its generator),
+    checked now; the chain then skips stage pretrain and trains the rest over it."""
+    value = p.get("generator")
+    if not value:
+        return None
+    from garment_gen.networks.stylegan2 import GeneratorFileError, load_generator
+
+    path = Path(str(value)).expanduser().resolve()
+    try:
+        load_generator(path)
+    except GeneratorFileError as exc:
+        raise GarmentGenError(f"pipeline.generator: {exc}") from None
+    log.info("== stage pretrain skipped: the generator of %s", path)
+    return path
+
+
 def run_pipeline(p: DictConfig) -> dict[str, Any]:
     """Run experiment ``p`` (a composed ``pipeline`` config); returns its summary.
 
@@ -231,7 +251,12 @@ def run_pipeline(p: DictConfig) -> dict[str, Any]:
     state = PipelineState(work, str(p.name))
     state.data["calls"] += 1
     state.save()
+    given = _given_generator(p)
     fractions = {s: float(p.stages[s].fraction) for s in STAGES if s in p.stages}
+    if given and "pretrain" in fractions:  # its share goes to the encoders trained over it
+        share = fractions.pop("pretrain")
+        if "encoders" in fractions:
+            fractions["encoders"] += share
     left = float(p.minutes) * 60 - float(state.data["used_seconds"])
     if left <= 0 and any(state.stage(s).get("status") != "done" for s in fractions):
         raise GarmentGenError(
@@ -251,7 +276,8 @@ def run_pipeline(p: DictConfig) -> dict[str, Any]:
                 continue
             overrides, values = stage_overrides(p, stage)
             if stage == "encoders":
-                values.setdefault("model", {})["generator"] = str(runs["pretrain"] / "generator.pt")
+                generator = given or runs["pretrain"] / "generator.pt"
+                values.setdefault("model", {})["generator"] = str(generator)
                 if "segmenter" in runs:
                     values.setdefault("loss", {})["segmenter"] = str(
                         runs["segmenter"] / "segmenter.pt"

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -193,6 +194,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         "licence": metrics.get("data_licence") or "not stated",
         "file_size": _mib(metrics.get("files", {}).get("garment_model.pt", 0)),
         "kimg": _fmt(metrics.get("kimg")),
+        "generator": metrics.get("generator") or f"pretrained here: {_fmt(metrics.get('kimg'))} kimg",
         "stage_table": _stage_table(metrics),
         "test_table": _test_table(test),
         "n": test.get("n", "?"),
@@ -220,6 +222,15 @@ def write_model_card(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+@torch.no_grad()
+def generator_samples(g: torch.nn.Module, n: int = 32, seed: int = 0) -> np.ndarray:
+    """An ``n``-image grid of ``g`` (fixed latents, truncation 1), as uint8 HWC."""
+    from garment_gen.utils.images import grid
+
+    z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed))
+    return grid(g(z, noise_mode="const"), nrow=8)
 
 
 def _stage_record(run_dir: Path, state: dict[str, Any], groups: dict[str, Any], stage: str) -> dict:
@@ -282,6 +293,7 @@ def run(
     from garment_gen.evaluate import _device_name, evaluate, format_table
     from garment_gen.generate import split_grid
     from garment_gen.inference import GarmentGenerator, load_garment_model, save_garment_model
+    from garment_gen.networks.stylegan2 import load_generator
     from garment_gen.pipeline import run_pipeline
     from garment_gen.utils.images import save_png
     from garment_gen.utils.run_info import git_commit
@@ -346,9 +358,17 @@ def run(
                 runs[stage], state["stages"][stage], groups, stage
             )
     metrics["kimg"] = metrics["stages"].get("pretrain", {}).get("kimg")
-    samples = sorted((runs["pretrain"] / "samples").glob("kimg*.png"))
+    if p.get("generator"):
+        metrics["generator"] = (
+            f"taken from `{Path(str(p.generator)).name}` (pipeline.generator; not retrained here)"
+        )
+    else:
+        metrics["generator"] = f"pretrained here: {_fmt(metrics['kimg'])} kimg"
+    samples = sorted((runs["pretrain"] / "samples").glob("kimg*.png")) if "pretrain" in runs else []
     if samples:
         shutil.copyfile(samples[-1], out / "pretrain_samples.png")
+    else:  # a given generator: samples of it, fixed latents
+        save_png(generator_samples(load_generator(Path(str(p.generator)))), out / "pretrain_samples.png")
     save()
 
     # 2. the garment model in float16, as it will ship, checked against float32.

@@ -36,6 +36,7 @@ from garment_gen.utils.checkpoint import (
 from garment_gen.utils.config_checks import TRAIN_SCHEMA, check_values
 from garment_gen.utils.cpu_malloc import keep_freed_memory
 from garment_gen.utils.oserrors import check_writable
+from garment_gen.utils.quiet import quiet_frameworks
 from garment_gen.utils.run_info import write_run_info
 
 log = logging.getLogger("garment_gen.train")
@@ -78,20 +79,27 @@ def resolve_latest(value: str, log_dir: str | Path, stage: str, filename: str) -
     return str(found[-1])
 
 
+def _latest(stage: str, filename: str, *, _root_: DictConfig) -> str:
+    """OmegaConf resolver ``${latest:STAGE,FILE}``: the newest ``FILE`` of ``STAGE``'s runs."""
+    return resolve_latest("latest", _root_.paths.log_dir, stage, filename)
+
+
+OmegaConf.register_new_resolver("latest", _latest, replace=True)
+# What ``latest`` stands for where a stage needs another stage's export.
+LATEST = {
+    "model.generator": "${latest:pretrain,generator.pt}",
+    "loss.segmenter": "${latest:segmenter,segmenter.pt}",
+}
+
+
 def _resolve_artefacts(cfg: DictConfig) -> None:
-    """Replace ``latest`` in ``model.generator`` / ``loss.segmenter`` with real paths."""
+    """``model.generator=latest`` / ``loss.segmenter=latest`` -> the ``${latest:...}`` resolver."""
     with open_dict(cfg):
-        if (
-            isinstance(cfg.get("model"), DictConfig)
-            and cfg.model.get("generator", None) == "latest"
-        ):
-            cfg.model.generator = resolve_latest(
-                "latest", cfg.paths.log_dir, "pretrain", "generator.pt"
-            )
-        if isinstance(cfg.get("loss"), DictConfig) and cfg.loss.get("segmenter", None) == "latest":
-            cfg.loss.segmenter = resolve_latest(
-                "latest", cfg.paths.log_dir, "segmenter", "segmenter.pt"
-            )
+        for key, interpolation in LATEST.items():
+            if OmegaConf.select(cfg, key, default=None) == "latest":
+                OmegaConf.update(cfg, key, interpolation)
+                OmegaConf.update(cfg, key, OmegaConf.select(cfg, key))  # resolve now, once
+                log.info("latest %s: %s", key, OmegaConf.select(cfg, key))
 
 
 def _instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
@@ -203,6 +211,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     also returned under the key ``"objective"`` for sweepers.
     """
     check_config(cfg)
+    quiet_frameworks()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -126,9 +126,9 @@ def compose_config(overrides: list[str], run_dir: Path, log_dir: Path):
 # The smoke experiment, cut to a few optimizer steps per stage: the chain every test that needs
 # trained networks shares (one run per session).
 TINY_CHAIN = [
-    "pipeline.stages.pretrain.set.trainer.max_steps=8",
-    "pipeline.stages.segmenter.set.trainer.max_steps=6",
-    "pipeline.stages.encoders.set.trainer.max_steps=4",
+    "++pipeline.stages.pretrain.set.trainer.max_steps=8",
+    "++pipeline.stages.segmenter.set.trainer.max_steps=6",
+    "++pipeline.stages.encoders.set.trainer.max_steps=4",
     "pipeline.minutes=30",
     "pipeline.evaluate=null",
     "pipeline.grid=false",

@@ -125,6 +125,41 @@ def test_a_second_call_resumes_and_skips_what_is_done(rehearsal, sample_root, tm
 
 
 @pytest.mark.slow
+def test_a_given_generator_skips_pretrain(tiny_chain, tmp_path):
+    """pipeline.generator: a garment model's generator is reused, pretrain never runs, and a
+    file that is not a generator is one line before any training."""
+    from garment_gen.inference import load_garment_model
+    from garment_gen.networks.stylegan2 import load_generator
+    from garment_gen.pipeline import compose_pipeline, run_pipeline
+
+    given = tiny_chain["garment_model"]
+    p = compose_pipeline(
+        "smoke",
+        [
+            f"pipeline.out={tmp_path / 'out'}",
+            f"pipeline.generator={given}",
+            "++pipeline.stages.segmenter.set.trainer.max_steps=2",
+            "++pipeline.stages.encoders.set.trainer.max_steps=2",
+            "pipeline.minutes=5",
+            "pipeline.evaluate=null",
+            "pipeline.grid=false",
+        ],
+    )
+    summary = run_pipeline(p)
+    assert set(summary["runs"]) == {"segmenter", "encoders"}
+    model, _ = load_garment_model(summary["model"])
+    reused = load_generator(given).state_dict()
+    for k, v in model.generator.state_dict().items():
+        assert torch.equal(v, reused[k]), k
+    bad = compose_pipeline(
+        "smoke", [f"pipeline.out={tmp_path / 'bad'}", f"pipeline.generator={tiny_chain['segmenter']}"]
+    )
+    with pytest.raises(GarmentGenError, match="pipeline.generator: .*segmenter.*expected"):
+        run_pipeline(bad)
+    assert not (tmp_path / "bad" / "segmenter").exists()
+
+
+@pytest.mark.slow
 def test_rehearsal_model_is_float16_on_disk_and_generates(rehearsal, sample_root):
     from garment_gen.inference import GarmentGenerator
 

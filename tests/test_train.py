@@ -154,10 +154,10 @@ def test_interrupted_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
         real_save({"partial": True}, f)  # some bytes reach the temporary file...
         raise KeyboardInterrupt  # ...then the process is killed mid-write
 
-    monkeypatch.setattr(ck.torch, "save", dying_save)
+    monkeypatch.setattr("torch.save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         ck.atomic_torch_save({"step": 2, "w": torch.zeros(3)}, path)
-    monkeypatch.setattr(ck.torch, "save", real_save)
+    monkeypatch.setattr("torch.save", real_save)
     restored = torch.load(path, weights_only=True)
     assert restored["step"] == 1 and torch.equal(restored["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
@@ -173,3 +173,28 @@ def test_malloc_tune_only_for_cpu_runs_that_ask(compose_cfg, monkeypatch):
     off = compose_cfg(["stage=pretrain", "malloc_tune=false"])
     assert train_mod.tune_cpu_malloc(off, cpu) is False
     assert calls == [1]
+
+
+def test_latest_picks_the_newest_export_and_says_when_there_is_none(compose_cfg, tmp_path):
+    import os
+
+    from garment_gen.errors import ConfigError
+    from garment_gen.train import _resolve_artefacts
+
+    cfg = compose_cfg(["stage=encoders", "model.generator=latest", "loss.segmenter=latest"])
+    with pytest.raises(Exception) as err:
+        _resolve_artefacts(cfg)
+    from garment_gen.cli import _user_cause
+
+    assert isinstance(_user_cause(err.value), ConfigError) and "no generator.pt" in str(err.value)
+    old, new = (tmp_path / "pretrain/runs" / d / "generator.pt" for d in ("a", "b"))
+    for i, f in enumerate((old, new)):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+        os.utime(f, (1000 + i, 1000 + i))
+    seg = tmp_path / "segmenter/runs/c/segmenter.pt"
+    seg.parent.mkdir(parents=True)
+    seg.write_bytes(b"x")
+    cfg = compose_cfg(["stage=encoders", "model.generator=latest", "loss.segmenter=latest"])
+    _resolve_artefacts(cfg)
+    assert cfg.model.generator == str(new) and cfg.loss.segmenter == str(seg)

@@ -66,7 +66,10 @@ _LOSSES = {
 
 
 class GANLoss:
-    """The GAN objective: loss kind, regularisation weights and intervals (``conf/loss/*.yaml``).
+    """The GAN objective: loss kind, regularisation weights and intervals.
+
+    Every argument is required: the numbers live in ``conf/loss/gan.yaml`` and
+    ``conf/loss/projected.yaml`` only.
 
     Args:
         kind: ``logistic`` or ``hinge``.
@@ -81,13 +84,13 @@ class GANLoss:
 
     def __init__(
         self,
-        kind: str = "logistic",
-        r1_gamma: float = 0.1,
-        d_reg_interval: int = 16,
-        pl_weight: float = 2.0,
-        g_reg_interval: int = 4,
-        pl_batch_shrink: int = 2,
-        pl_decay: float = 0.01,
+        kind: str,
+        r1_gamma: float,
+        d_reg_interval: int,
+        pl_weight: float,
+        g_reg_interval: int,
+        pl_batch_shrink: int,
+        pl_decay: float,
     ):
         if kind not in _LOSSES:
             raise ConfigError(f"loss.kind={kind!r}: expected one of {', '.join(_LOSSES)}")

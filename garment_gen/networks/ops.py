@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "conv2d",
+    "eager_cpu",
     "conv_transpose2d",
     "to_channels_last",
     "set_cpu_fast_path",
@@ -82,17 +83,25 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=_CL) if x.ndim == 4 else x
 
 
-def _cpu_fp32_eager(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A wide fp32 conv on CPU, run eagerly (not traced, scripted, exported, compiled or autocast)."""
+def eager_cpu(x: torch.Tensor) -> bool:
+    """``x`` is on CPU and the code runs eagerly (not traced, scripted, exported or compiled):
+    where a layout choice made for oneDNN's speed is safe to take."""
     return (
-        _ENABLED
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and min(weight.shape[0], weight.shape[1]) >= FAST_MIN_CHANNELS
+        x.device.type == "cpu"
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
         and not _is_compiling()
+    )
+
+
+def _cpu_fp32_eager(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A wide fp32 conv on CPU, run eagerly (not traced, scripted, exported, compiled or autocast)."""
+    return (
+        _ENABLED
+        and x.dtype == torch.float32
+        and min(weight.shape[0], weight.shape[1]) >= FAST_MIN_CHANNELS
+        and eager_cpu(x)
         and not _cpu_autocast()
     )
 

@@ -126,7 +126,8 @@ def generate_variations(
     features = {r: f.expand(rows, -1, -1, -1) for r, f in features.items()}
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
-        img = gen.model.synthesize(ws_n, features, noise_mode="random").clamp(-1, 1)
+        img = gen.model.synthesize(ws_n, features, noise_mode="random")
+    img = gen.model.composite_image(img, shape_mask.to(device)).clamp(-1, 1)
     if not keep_colours:
         return img
     return match_mean_colour(img[:n], img[n:], shape_mask.to(device))

@@ -55,8 +55,27 @@ def test_texture_fit_is_part_of_the_model_and_of_its_file(tmp_path):
     torch.testing.assert_close(back(mask, tex), model(mask, tex))
 
 
+def test_composite_mask_keeps_the_garment_inside_the_mask_and_is_saved(tmp_path):
+    from garment_gen.networks.serialization import load_model, save_model
+
+    drawn, kept = _model().eval(), _model(composite="mask").eval()
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 6:28, 8:24] = 1
+    tex = torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = drawn(mask, tex), kept(mask, tex)
+    inside = mask.expand_as(a) > 0.5
+    torch.testing.assert_close(b[inside], a[inside])  # the same garment inside the mask...
+    assert torch.equal(b[~inside], torch.ones(int((~inside).sum())))  # ...white outside
+    assert not torch.equal(a[~inside], b[~inside])
+    back, _ = load_model(save_model(kept, tmp_path / "m.pt"), "garment_model")
+    assert back.composite == "mask"
+    torch.testing.assert_close(back(mask, tex), b)
+    with pytest.raises(ValueError, match="composite must be one of none, mask"):
+        _model(composite="alpha")
+
+
 def test_garment_model_traces_with_injection_and_fit():
-    model = _model(texture_fit="shape").eval().requires_grad_(False)
+    model = _model(texture_fit="shape", composite="mask").eval().requires_grad_(False)
     mask = (torch.rand(2, 1, 32, 32) > 0.5).float()
     mask[:, :, 8:24, 8:24] = 1
     tex = torch.rand(2, 3, 32, 32) * 2 - 1

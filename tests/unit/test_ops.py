@@ -141,6 +141,20 @@ def test_double_backward_matches_pytorch(min_columns, winograd, monkeypatch) -> 
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-3)
 
 
+def test_eager_cpu_is_false_when_traced() -> None:
+    """Layout choices made for oneDNN's speed stay out of traced / exported graphs."""
+    seen = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen.append(ops.eager_cpu(t))
+        return t * 2
+
+    x = torch.randn(2, 3)
+    fn(x)
+    torch.jit.trace(fn, (x,))
+    assert seen == [True, False]
+
+
 def test_fir2d_channels_last_matches_nchw() -> None:
     x = torch.randn(2, 5, 8, 8)
     for mat in (

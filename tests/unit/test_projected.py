@@ -26,6 +26,7 @@ from garment_gen.networks.feature_nets import (
     WEIGHTS_SHA256,
     EfficientNetLite0Features,
     FeatureWeightsError,
+    SamePadDepthwiseConv,
     build_efficientnet_lite0,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_state,
@@ -152,6 +153,40 @@ def test_feature_shapes_and_resizing(feature_size):
         (2, c, feature_size // s, feature_size // s)
         for c, s in zip(net.channels, net.strides, strict=True)
     ]
+
+
+@pytest.mark.parametrize(
+    "k, stride, dilation, size",
+    [(3, 2, 1, 16), (5, 2, 1, 16), (3, 2, 1, 15), (5, 2, 1, 9), (3, 1, 1, 8), (5, 1, 1, 7),
+     (3, 2, 2, 16)],  # fmt: skip
+    ids=["k3s2-even", "k5s2-even", "k3s2-odd", "k5s2-odd", "k3s1", "k5s1", "dilated-pad"],
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_same_pad_depthwise_conv_matches_timm(k, stride, dilation, size, channels_last):
+    """Outputs and input gradients equal timm's Conv2dSame (TensorFlow SAME padding) exactly
+    up to float64 rounding, on even and odd sides (the shifted kernel, symmetric padding, F.pad)."""
+    torch.manual_seed(0)
+    ref = timm.layers.Conv2dSame(6, 6, k, stride=stride, dilation=dilation, groups=6).double()
+    ours = SamePadDepthwiseConv(ref).double()
+    x = torch.randn(2, 6, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y, y_ref = ours(x), ref(x)
+    assert y.shape == y_ref.shape == (2, 6, -(-size // stride), -(-size // stride))
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y_ref)
+    (gx,), (gx_ref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(y_ref, x, g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_trunk_pads_only_its_stem():
+    """The four stride-2 depthwise convs use SamePadDepthwiseConv; the dense stem keeps timm's."""
+    net = EfficientNetLite0Features(64)
+    kinds = [type(m) for m in net.modules()]
+    assert kinds.count(SamePadDepthwiseConv) == 4
+    assert kinds.count(timm.layers.Conv2dSame) == 1
+    assert isinstance(net.stem[0], timm.layers.Conv2dSame)
 
 
 def test_feature_net_frozen_for_real():

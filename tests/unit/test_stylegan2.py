@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from garment_gen.networks.stylegan2 import (
     Discriminator,
     Generator,
+    _blur,
     _fir2d,
+    _fir_kernel,
     _fir_matrix,
     _upsample_matrix,
     export_generator,
@@ -239,6 +241,63 @@ def test_fir_matrices_match_reference_filters() -> None:
     assert torch.allclose(
         _fir2d(ones, _upsample_matrix(8, gain=2.0))[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12)
     )
+
+
+# (input side, banded matrix of the same filter, per-axis gain, padding, stride): the three
+# blurs of the networks (after G's transposed conv, before D's stride-2 conv, D's 1x1 skip)
+BLURS = [
+    (9, dict(n_out=8, offset=1, stride=1), 2.0, 1, 1),
+    (8, dict(n_out=9, offset=2, stride=1), 1.0, 2, 1),
+    (8, dict(n_out=4, offset=1, stride=2), 1.0, 1, 2),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("n, mat, gain, pad, stride", BLURS, ids=["up", "down-3x3", "down-1x1"])
+def test_depthwise_blur_matches_fir_matrix_and_pytorch(n, mat, gain, pad, stride, channels_last):
+    """Values, input gradient and double backward of ``_blur`` equal the banded-matrix filter
+    and PyTorch's own depthwise conv (autograd's backward), in both layouts (kept)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, n, n, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    kernel = _fir_kernel(gain).double()
+    y = _blur(x, kernel, pad, stride)
+    y_mat = _fir2d(x, _fir_matrix(n, gain=gain, **mat).double())
+    y_conv = F.conv2d(x, kernel.expand(5, 1, 4, 4), padding=pad, stride=stride, groups=5)
+    assert y.shape == y_mat.shape == y_conv.shape
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(y, y_mat, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y, y_conv, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_conv,) = torch.autograd.grad(y_conv, x, g)
+    torch.testing.assert_close(gx, gx_conv, rtol=1e-12, atol=1e-12)
+    assert gx.abs().sum() > 0
+    fn = lambda t: _blur(t, kernel, pad, stride)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_no_grad_synthesis_runs_channels_last_and_gives_the_same_image() -> None:
+    """Without autograd on CPU the synthesis runs channels-last (faster oneDNN forwards): same
+    image, returned NCHW; with autograd it stays NCHW."""
+    g = tiny_g(64).eval()
+    ws = g.mapping(torch.randn(3, g.z_dim))
+    layouts = []
+    hook = g.synthesis.blocks[-1].conv0.register_forward_hook(
+        lambda m, i, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        with torch.no_grad():
+            img_cl = g.synthesis(ws, noise_mode="const")
+        img = g.synthesis(ws, noise_mode="const")
+    finally:
+        hook.remove()
+    assert layouts == [True, False]
+    assert img_cl.is_contiguous() and img.is_contiguous()
+    torch.testing.assert_close(img_cl, img.detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("resolution", [48, 16, 2048, 0, "64", 64.0])
