@@ -196,6 +196,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         "kimg": _fmt(metrics.get("kimg")),
         "generator": metrics.get("generator") or f"pretrained here: {_fmt(metrics.get('kimg'))} kimg",
         "stage_table": _stage_table(metrics),
+        "recipe": _recipe(metrics),
         "test_table": _test_table(test),
         "n": test.get("n", "?"),
         "pairs": test.get("num_pairs", "?"),
@@ -208,6 +209,20 @@ def model_card(metrics: dict[str, Any]) -> str:
         "speed": _fmt((test.get("model") or {}).get("images_per_second")),
     }
     return string.Template(TEMPLATE.read_text()).safe_substitute(values)
+
+
+def _flat(d: Any, prefix: str = "") -> list[str]:
+    if not isinstance(d, dict):
+        return [f"{prefix}={d}"]
+    return [item for k, v in d.items() for item in _flat(v, f"{prefix}.{k}" if prefix else k)]
+
+
+def _recipe(metrics: dict[str, Any]) -> str:
+    """The encoders stage's settings of the experiment, as ``key=value`` in backticks."""
+    stage = (metrics.get("experiment") or {}).get("stages", {}).get("encoders") or {}
+    groups = [f"{k}={v}" for k, v in (stage.get("groups") or {}).items() if v is not None]
+    values = [v for v in _flat(stage.get("set") or {}) if not v.startswith(("trainer.", "data."))]
+    return ", ".join(f"`{v}`" for v in groups + values) or "the stage defaults"
 
 
 def write_model_card(out: Path) -> Path:
@@ -245,7 +260,7 @@ def _stage_record(run_dir: Path, state: dict[str, Any], groups: dict[str, Any], 
         "stop_reason": info.get("stop_reason"),
         "val": {k: v for k, v in info.items() if k.startswith("val/")},
         "run": run_dir.name,
-        "groups": ", ".join(f"{k}={v}" for k, v in groups.items()),
+        "groups": ", ".join(f"{k}={v or 'default'}" for k, v in groups.items()),
     }
     if stage == "pretrain":
         rec["kimg"] = None if info.get("kimg") is None else round(info["kimg"], 3)

@@ -17,6 +17,9 @@ BUDGET_MINUTES = 1.0
 # Lightning checks its time limit between steps, and each stage ends with a validation and an
 # export: a slow step or two may pass the budget by this much.
 MARGIN_SECONDS = 20.0
+# The shipped model's reconstruction LPIPS on the bundled test split, as a share of the
+# mean-garment baseline's (measured: see the test).
+MEAN_GARMENT_SHARE = 0.6  # measured 0.068 against 0.157 (0.43)
 # The smoke experiment's tiny networks, with a short evaluation.
 TINY = [
     "experiment=smoke",
@@ -397,7 +400,7 @@ def test_the_shipped_reference_model_follows_shape_and_colour(sample_root):
     masks = torch.cat([gen.shape_tensor(s) for s in shapes]).bool()[:, 0]
     fg = foreground(out, gen.background, tolerance=24)
     iou = ((fg & masks).sum((1, 2)) / (fg | masks).sum((1, 2)).clamp(min=1)).mean().item()
-    assert iou > 0.6, iou  # the model card reports 0.79 on the development test split
+    assert iou > 0.95, iou  # the garment is kept inside the mask (composite=mask); the card reports 0.998
     # colour: an output's mean garment colour lies nearer its own texture's than other textures'
     tex = torch.cat([gen.texture_tensor(t) for t in textures])
     tex_fg = foreground(tex, gen.background)
@@ -407,4 +410,27 @@ def test_the_shipped_reference_model_follows_shape_and_colour(sample_root):
 
     dist = torch.cdist(mean_colour(out, masks.float()), mean_colour(tex, tex_fg.float()))
     own, other = dist.diag().mean(), (dist.sum() - dist.diag().sum()) / (6 * 5)
-    assert own < 0.8 * other, dist  # measured 0.28 against 0.44
+    assert own < 0.5 * other, dist  # measured 0.10 against 0.43 (v1: 0.28 against 0.44)
+
+
+def test_the_shipped_reference_model_beats_the_mean_garment(sample_root, tmp_path):
+    """Reconstructions of the bundled test garments (occluded textures): LPIPS below the
+    mean-garment baseline's by a margin, the mask's silhouette kept, colours near the
+    texture's (the v2 numbers in the model card are on the development test split)."""
+    from garment_gen.evaluate import evaluate
+
+    report = evaluate(
+        "pretrained:reference",
+        root=sample_root,
+        split="test",
+        out=tmp_path,
+        num_pairs=16,
+        realism="none",
+        speed_images=0,
+        dists=False,
+    )
+    model, mean = report["model"], report["mean_garment"]
+    assert model["lpips"] < MEAN_GARMENT_SHARE * mean["lpips"], (model["lpips"], mean["lpips"])
+    assert model["iou_classical"] > 0.95 and model["cross_iou_classical"] > 0.95, model
+    # measured 0.476 against the mean garment's 0.860 and the paste baseline's 0.375
+    assert model["cross_hist_hellinger"] < 0.6 < mean["cross_hist_hellinger"], (model, mean)
