@@ -79,6 +79,12 @@ class BatchCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        """``last.ckpt`` holds the state training ended with (step limit, time box, threshold),
+        not the one of the last multiple of ``every_n_batches``."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 class CpuTimeBudget(pl.Callback):
     """Stop a GAN run after ``minutes`` of this process's CPU time, and probe it on the way.

@@ -266,11 +266,13 @@ def fit_texture_to_shape(
     sx = (tx1 - tx0) / (mx1 - mx0).clamp(min=1)
     oy = (ty0 - my0 * sy) * 2 / h + sy - 1
     ox = (tx0 - mx0 * sx) * 2 / w + sx - 1
-    zeros = torch.zeros_like(sx)
-    theta = torch.stack(
-        [torch.stack([sx, zeros, ox], 1), torch.stack([zeros, sy, oy], 1)], 1
-    )  # [B, 2, 3]
-    grid = torch.nn.functional.affine_grid(theta, list(texture_img.shape), align_corners=False)
+    # the affine grid x' = sx x + ox, y' = sy y + oy over pixel centres, built separably
+    # (ONNX opset 17 has grid_sample but not affine_grid)
+    xs = (torch.arange(w, dtype=sx.dtype, device=sx.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=sy.dtype, device=sy.device) * 2 + 1) / h - 1
+    gx = (sx[:, None] * xs + ox[:, None])[:, None, :].expand(-1, h, -1)
+    gy = (sy[:, None] * ys + oy[:, None])[:, :, None].expand(-1, -1, w)
+    grid = torch.stack([gx, gy], -1)  # [B, H, W, 2]
     fitted = torch.nn.functional.grid_sample(
         texture_img, grid, mode="bilinear", padding_mode="border", align_corners=False
     )

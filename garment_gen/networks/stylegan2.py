@@ -211,9 +211,21 @@ def _blur(x: torch.Tensor, kernel: torch.Tensor, pad: int, stride: int = 1) -> t
     """Depthwise [1, 3, 3, 1] filter of ``x [B, C, H, W]`` (any layout, kept), zero padding ``pad``.
 
     Same values as :func:`_fir2d` with the matching banded matrix; 2-6x faster on CPU, forward
-    and backward (the kernel's 16 taps instead of a dense matrix).
+    and backward (the kernel's 16 taps instead of a dense matrix). The custom backward
+    (:class:`_Blur`) is used only where a gradient is taken in eager CPU code; traced,
+    scripted, exported or compiled graphs and no-grad passes see the plain depthwise conv.
     """
-    return _Blur.apply(x, kernel, pad, stride)
+    if torch.is_grad_enabled() and eager_cpu(x):
+        return _Blur.apply(x, kernel, pad, stride)
+    if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return _depthwise(x, kernel, pad, stride)
+    # traced / exported: every channel as its own image through one 1-channel conv, so the
+    # kernel's shape is known to the graph (ONNX cannot take a kernel expanded to x's channels)
+    n, c, h, w = x.shape
+    out = F.conv2d(
+        x.reshape(-1, 1, h, w), kernel.to(x.dtype)[None, None], padding=pad, stride=stride
+    )
+    return out.reshape(n, c, out.shape[-2], out.shape[-1])
 
 
 def _lrelu_(x: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
