@@ -58,15 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interop", type=int, default=None, help="torch.set_num_interop_threads")
     p.add_argument("--model", default="stylegan2_small")
     p.add_argument("--data", default=None, help="prepared dataset (default: bundled sample64)")
-    p.add_argument("--workers", type=int, default=0, help="loader workers (0: data in the CPU time)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="loader workers (0: data in the CPU time)"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=16, help="timed batches per round and case")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first (each round)")
     p.add_argument("--rounds", type=int, default=1, help="rounds over the cases (interleaved)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--override", nargs="*", default=[], help="extra Hydra overrides for every case"
-    )
+    p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every case")
     p.add_argument("--no-malloc-tune", action="store_true", help="leave glibc malloc as it is")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops (self CPU)")
     p.add_argument("--profile-rows", type=int, default=30)
@@ -338,7 +338,11 @@ def print_case(name: str, batch: int, runs: list[dict], profile_rows: int) -> di
         print(f"   {k:<44} {v:7.3f} s  {100 * v / mean:5.1f} %")
     for r in runs:
         if r["profile"] is not None:
-            print(r["profile"].key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_rows))
+            print(
+                r["profile"]
+                .key_averages()
+                .table(sort_by="self_cpu_time_total", row_limit=profile_rows)
+            )
             break
     return {
         "case": name,
@@ -379,7 +383,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(res)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": results}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"config": vars(args) | {"json": str(args.json)}, "rows": results},
+                indent=2,
+                default=str,
+            )
+        )
     return results
 
 

@@ -194,7 +194,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         "licence": metrics.get("data_licence") or "not stated",
         "file_size": _mib(metrics.get("files", {}).get("garment_model.pt", 0)),
         "kimg": _fmt(metrics.get("kimg")),
-        "generator": metrics.get("generator") or f"pretrained here: {_fmt(metrics.get('kimg'))} kimg",
+        "generator": metrics.get("generator")
+        or f"pretrained here: {_fmt(metrics.get('kimg'))} kimg",
         "stage_table": _stage_table(metrics),
         "recipe": _recipe(metrics),
         "test_table": _test_table(test),
@@ -383,7 +384,9 @@ def run(
     if samples:
         shutil.copyfile(samples[-1], out / "pretrain_samples.png")
     else:  # a given generator: samples of it, fixed latents
-        save_png(generator_samples(load_generator(Path(str(p.generator)))), out / "pretrain_samples.png")
+        save_png(
+            generator_samples(load_generator(Path(str(p.generator)))), out / "pretrain_samples.png"
+        )
     save()
 
     # 2. the garment model in float16, as it will ship, checked against float32.

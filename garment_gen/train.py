@@ -92,9 +92,7 @@ WANDB_TAG_LIMIT = 64  # characters W&B accepts in one tag
 def _wandb_tags(overrides: list[str]) -> list[str]:
     """OmegaConf resolver ``${wandb_tags:...}``: the command-line overrides as W&B tags, each cut
     to the 64 characters W&B allows (a long path would otherwise stop the run)."""
-    return [
-        o if len(o) <= WANDB_TAG_LIMIT else o[: WANDB_TAG_LIMIT - 3] + "..." for o in overrides
-    ]
+    return [o if len(o) <= WANDB_TAG_LIMIT else o[: WANDB_TAG_LIMIT - 3] + "..." for o in overrides]
 
 
 OmegaConf.register_new_resolver("wandb_tags", _wandb_tags, replace=True)

@@ -135,7 +135,9 @@ def test_wandb_offline_run_holds_keys_and_images(tmp_path, monkeypatch):
     # the overrides became tags, the long path ones cut to W&B's 64 characters
     from garment_gen.train import _wandb_tags
 
-    tags = _wandb_tags(list(cfg.hydra.overrides.task) if "hydra" in cfg else [f"paths.log_dir={tmp_path}" * 3])
+    tags = _wandb_tags(
+        list(cfg.hydra.overrides.task) if "hydra" in cfg else [f"paths.log_dir={tmp_path}" * 3]
+    )
     assert tags and all(len(t) <= 64 for t in tags) and any(t.endswith("...") for t in tags)
 
 

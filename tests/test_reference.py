@@ -155,7 +155,8 @@ def test_a_given_generator_skips_pretrain(tiny_chain, tmp_path):
     for k, v in model.generator.state_dict().items():
         assert torch.equal(v, reused[k]), k
     bad = compose_pipeline(
-        "smoke", [f"pipeline.out={tmp_path / 'bad'}", f"pipeline.generator={tiny_chain['segmenter']}"]
+        "smoke",
+        [f"pipeline.out={tmp_path / 'bad'}", f"pipeline.generator={tiny_chain['segmenter']}"],
     )
     with pytest.raises(GarmentGenError, match="pipeline.generator: .*segmenter.*expected"):
         run_pipeline(bad)
@@ -400,7 +401,9 @@ def test_the_shipped_reference_model_follows_shape_and_colour(sample_root):
     masks = torch.cat([gen.shape_tensor(s) for s in shapes]).bool()[:, 0]
     fg = foreground(out, gen.background, tolerance=24)
     iou = ((fg & masks).sum((1, 2)) / (fg | masks).sum((1, 2)).clamp(min=1)).mean().item()
-    assert iou > 0.95, iou  # the garment is kept inside the mask (composite=mask); the card reports 0.998
+    assert iou > 0.95, (
+        iou
+    )  # the garment is kept inside the mask (composite=mask); the card reports 0.998
     # colour: an output's mean garment colour lies nearer its own texture's than other textures'
     tex = torch.cat([gen.texture_tensor(t) for t in textures])
     tex_fg = foreground(tex, gen.background)

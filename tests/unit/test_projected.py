@@ -157,8 +157,15 @@ def test_feature_shapes_and_resizing(feature_size):
 
 @pytest.mark.parametrize(
     "k, stride, dilation, size",
-    [(3, 2, 1, 16), (5, 2, 1, 16), (3, 2, 1, 15), (5, 2, 1, 9), (3, 1, 1, 8), (5, 1, 1, 7),
-     (3, 2, 2, 16)],  # fmt: skip
+    [
+        (3, 2, 1, 16),
+        (5, 2, 1, 16),
+        (3, 2, 1, 15),
+        (5, 2, 1, 9),
+        (3, 1, 1, 8),
+        (5, 1, 1, 7),
+        (3, 2, 2, 16),
+    ],  # fmt: skip
     ids=["k3s2-even", "k5s2-even", "k3s2-odd", "k5s2-odd", "k3s1", "k5s1", "dilated-pad"],
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
