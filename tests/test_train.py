@@ -109,6 +109,17 @@ def _fit(cfg, ckpt_path=None):
     return module, trainer
 
 
+def _assert_resumed_exactly(module, trainer, ckpt) -> None:
+    """The resumed module's tensors and Adam states are the checkpoint's, exactly."""
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(module.state_dict()[k], v), k
+    for opt, saved in zip(trainer.optimizers, ckpt["optimizer_states"], strict=True):
+        st = opt.state_dict()["state"]
+        assert st.keys() == saved["state"].keys()
+        k0 = next(iter(st))
+        assert torch.equal(st[k0]["exp_avg"], saved["state"][k0]["exp_avg"])
+
+
 def test_pretrain_resume_restores_everything(compose_cfg, tmp_path):
     base = TINY_PRETRAIN + [
         "callbacks.model_checkpoint.every_n_batches=2",
@@ -126,13 +137,7 @@ def test_pretrain_resume_restores_everything(compose_cfg, tmp_path):
 
     # Resuming with no steps left must reproduce the saved state exactly.
     same, trainer2 = _fit(cfg, ckpt_path=str(ckpt_path))
-    for k, v in ckpt["state_dict"].items():
-        assert torch.equal(same.state_dict()[k], v), k
-    for opt, saved in zip(trainer2.optimizers, ckpt["optimizer_states"], strict=True):
-        st = opt.state_dict()["state"]
-        assert st.keys() == saved["state"].keys()
-        k0 = next(iter(st))
-        assert torch.equal(st[k0]["exp_avg"], saved["state"][k0]["exp_avg"])
+    _assert_resumed_exactly(same, trainer2, ckpt)
 
     # Resuming with more steps continues the image count and the EMA.
     with open_dict(cfg):
@@ -160,12 +165,7 @@ def test_projected_pretrain_resume_is_exact(compose_cfg):
     assert int(ckpt["state_dict"]["nimg"]) == int(first.nimg) > 0
     assert "D." in keys and "features" not in keys and "trunk" not in keys, keys[:500]
     same, trainer2 = _fit(cfg, ckpt_path=str(ckpt_path))
-    for k, v in ckpt["state_dict"].items():
-        assert torch.equal(same.state_dict()[k], v), k
-    for opt, saved in zip(trainer2.optimizers, ckpt["optimizer_states"], strict=True):
-        st = opt.state_dict()["state"]
-        k0 = next(iter(st))
-        assert torch.equal(st[k0]["exp_avg"], saved["state"][k0]["exp_avg"])
+    _assert_resumed_exactly(same, trainer2, ckpt)
     with open_dict(cfg):
         cfg.trainer.max_steps = 8
     more, _ = _fit(cfg, ckpt_path=str(ckpt_path))
