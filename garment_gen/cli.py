@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from garment_gen.errors import GarmentGenError
 
@@ -88,8 +88,70 @@ def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) 
                 raise SystemExit(2)
 
 
-def hydra_main(config_dir: Path, config_name: str, app: Callable[[Any], Any]) -> None:
-    """Run ``app(cfg)`` as a Hydra app with ``config_dir/config_name.yaml`` as primary config."""
-    import hydra
+def one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line composition errors as one line.
 
-    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(app)()
+    ``Could not override 'foo'. / To append ... use +foo=1`` and the OmegaConf cause below it
+    (``Key 'foo' is not in struct`` + ``full_key``/``object_type`` lines) become
+    ``Could not override 'foo'. To append ... use +foo=1 (Key 'foo' is not in struct)``; a value
+    a structured config refuses becomes ``resolution=abc: Value 'abc' ... converted to Integer``.
+    """
+
+    def lines(e: BaseException) -> list[str]:
+        skip = ("full_key:", "object_type=", "reference_type=", "See https://hydra.cc")
+        return [
+            t.strip() for t in str(e).splitlines() if t.strip() and not t.strip().startswith(skip)
+        ]
+
+    text = " ".join(lines(exc))
+    cause = exc.__cause__
+    override = getattr(exc, "override", None)  # OverrideParseException: the override as typed
+    if isinstance(override, str) and override not in text:
+        return f"{override}: {text}"
+    merging = "Error merging override "
+    if text.startswith(merging) and isinstance(cause, OmegaConfBaseException) and lines(cause):
+        return f"{text[len(merging) :]}: {' '.join(lines(cause))}"  # key=value: what is wrong
+    if cause is not None and isinstance(cause, OmegaConfBaseException):
+        extra = " ".join(lines(cause))
+        if extra and extra not in text:
+            text = f"{text} ({extra})"
+    return text
+
+
+def hydra_main(config_dir: Path, config_name: str, app: Callable[[Any], Any]) -> Any:
+    """Run ``app(cfg)`` as a Hydra app with ``config_dir/config_name.yaml`` as primary config.
+
+    A config that cannot be composed (unknown key, a value of the wrong type for a structured
+    config, a bad override) ends in one ``error:`` line and exit status 2 instead of Hydra's
+    multi-line report; ``HYDRA_FULL_ERROR=1`` still shows the whole stack. Errors raised inside
+    ``app`` are left to it (see :func:`user_errors`).
+    """
+    import os
+
+    import hydra
+    from hydra.errors import CompactHydraException
+
+    full = os.environ.get("HYDRA_FULL_ERROR")
+    entered = False
+
+    @functools.wraps(app)  # Hydra names the job (and its log file) after the wrapped app
+    def task(cfg: Any) -> Any:
+        nonlocal entered
+        entered = True
+        return app(cfg)
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; we print below
+    try:
+        return hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(
+            task
+        )()
+    except (CompactHydraException, OmegaConfBaseException) as exc:
+        if full == "1" or entered:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if full is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full

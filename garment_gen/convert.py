@@ -1139,12 +1139,10 @@ def convert_generator(
 
 def main() -> None:
     """Entry point for ``python -m garment_gen.convert``."""
-    import hydra
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
+    from garment_gen.cli import hydra_main, user_errors
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir() / "cli"), config_name="convert")
     @user_errors
     def _app(cfg) -> None:
         from omegaconf import OmegaConf
@@ -1167,7 +1165,7 @@ def main() -> None:
         for note in m.get("notes") or []:
             print(f"note: {note}")
 
-    _app()
+    hydra_main(conf_dir() / "cli", "convert", _app)
 
 
 if __name__ == "__main__":

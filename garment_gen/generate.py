@@ -392,12 +392,10 @@ def run(
 
 def main() -> None:
     """Entry point for ``python -m garment_gen.generate``."""
-    import hydra
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
+    from garment_gen.cli import hydra_main, user_errors
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir() / "cli"), config_name="generate")
     @user_errors
     def _app(cfg) -> None:
         from omegaconf import OmegaConf
@@ -413,7 +411,7 @@ def main() -> None:
             )
             raise SystemExit(130) from None
 
-    _app()
+    hydra_main(conf_dir() / "cli", "generate", _app)
 
 
 if __name__ == "__main__":

@@ -327,19 +327,17 @@ def finish(p: DictConfig, runs: dict[str, Path], out: Path, state: PipelineState
 
 def main() -> None:
     """``python -m garment_gen.pipeline experiment=NAME [overrides]``."""
-    import hydra
 
-    from garment_gen.cli import check_group_choice, user_errors
+    from garment_gen.cli import check_group_choice, hydra_main, user_errors
 
     check_group_choice(sys.argv[1:], conf_dir(), "experiment", required=False)
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="pipeline")
     @user_errors
     def _app(cfg: DictConfig) -> None:
         summary = run_pipeline(cfg.pipeline)
         print(json.dumps({k: v for k, v in summary.items() if k != "test"}, indent=2))
 
-    _app()
+    hydra_main(conf_dir(), "pipeline", _app)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,13 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from omegaconf import MISSING
 
 from garment_gen import __version__
 from garment_gen.data.align import align_garment
@@ -83,26 +84,32 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class PrepareConfig:
-    """Settings of one preparation run (mirrors ``conf/prepare.yaml``)."""
+    """The settings of ``python -m garment_gen.prepare``, and their only defaults.
 
-    input_dir: str
-    output_dir: str
-    resolution: int = 256
-    mask_dir: str | None = None
-    segmenter: str | None = None
-    margin: float = 0.06
+    Registered with Hydra as ``prepare_schema`` (:mod:`garment_gen.schema`), the base of
+    ``conf/prepare.yaml``: an unknown key or a value of the wrong type fails while Hydra
+    composes, in one line; :func:`check_settings` checks ranges.
+    """
+
+    input_dir: str = MISSING  # folder of photos, searched recursively (jpg, jpeg, png, webp)
+    output_dir: str = MISSING  # new or empty folder; built beside it, moved into place when done
+    resolution: int = 256  # output side in pixels (power of two: 64, 128, 256, ...)
+    mask_dir: str | None = None  # masks with the same file stem (VITON-HD cloth-mask convention)
+    segmenter: str | None = None  # segmenter.pt from `stage=segmenter`, where no mask file exists
+    margin: float = 0.06  # share of the garment's longer side kept around it
     background: tuple[int, int, int] = (255, 255, 255)
-    min_area: float = 0.10
+    min_area: float = 0.10  # masks covering less / more of the photo than this are rejected
     max_area: float = 0.90
-    max_pixels: int = 40_000_000
-    val_fraction: float = 0.1
+    max_pixels: int = 40_000_000  # larger images are rejected (decompression bombs)
+    val_fraction: float = 0.1  # only used when the input has no train/validation/test folders
     test_fraction: float = 0.1
     seed: int = 0
-    max_per_group: dict[str, int] | None = None
-    grabcut_size: int | None = None
-    workers: int | None = None
-    overwrite: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # e.g. {train: 40}: at most N photos per (split, label); null = all. Typed Any for Hydra
+    # (a typed null mapping cannot take a mapping override); check_settings checks it.
+    max_per_group: Any = None
+    grabcut_size: int | None = None  # GrabCut's long side; null = 2 x resolution in [128, 320]
+    workers: int | None = None  # processes (a whole number >= 1); null = all cores
+    overwrite: bool = False  # replace a different dataset already in output_dir
 
     def fingerprint_settings(self) -> dict[str, Any]:
         keys = (
@@ -853,13 +860,11 @@ def config_from_dict(d: dict[str, Any]) -> PrepareConfig:
 
 def main() -> None:
     """Entry point for ``python -m garment_gen.prepare``."""
-    import hydra
     from omegaconf import OmegaConf
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
+    from garment_gen.cli import hydra_main, user_errors
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="prepare")
     @user_errors
     def _app(cfg) -> None:
         d = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
@@ -874,7 +879,7 @@ def main() -> None:
             )
             raise SystemExit(130) from None
 
-    _app()
+    hydra_main(conf_dir(), "prepare", _app)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from garment_gen import conf_dir
-from garment_gen.cli import _user_cause, check_group_choice, user_errors
+from garment_gen.cli import _user_cause, check_group_choice, hydra_main, user_errors
 from garment_gen.errors import ConfigError
 from garment_gen.modules.base import StageModule
 from garment_gen.utils.atomic import write_json_atomic
@@ -377,12 +377,11 @@ def main() -> None:
 
     check_run_folder(argv, conf)
 
-    @hydra.main(version_base="1.3", config_path=str(conf), config_name="config")
     @user_errors
     def _app(cfg: DictConfig) -> float | None:
         return _objective(train(cfg))
 
-    _app()
+    hydra_main(conf, "config", _app)
 
 
 if __name__ == "__main__":

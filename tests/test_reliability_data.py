@@ -301,8 +301,16 @@ def test_bad_setting_and_unwritable_output_are_one_line_before_any_work(
         f"input_dir={photo_dir}", f"output_dir={tmp_path / 'o'}", "resolution=abc", cwd=tmp_path
     )
     assert res.returncode == 2
+    # the type is the schema's (PrepareConfig, refused while Hydra composes), the range ours
     assert error_lines(res.stderr) == [
-        "error: resolution=abc: must be a power of two (e.g. 64, 128, 256)"
+        "error: resolution=abc: Value 'abc' of type 'str' could not be converted to Integer"
+    ]
+    res = cli(
+        f"input_dir={photo_dir}", f"output_dir={tmp_path / 'o'}", "resolution=100", cwd=tmp_path
+    )
+    assert res.returncode == 2
+    assert error_lines(res.stderr) == [
+        "error: resolution=100: must be a power of two (e.g. 64, 128, 256)"
     ]
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

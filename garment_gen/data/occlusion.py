@@ -36,7 +36,10 @@ SKIN_TONES = np.array(
 
 @dataclass
 class TextureConfig:
-    """How texture images are made (mirrors ``data.texture`` in the Hydra config).
+    """How texture images are made: the schema and the only defaults of ``data.texture``.
+
+    Registered with Hydra as ``texture_schema`` (:mod:`garment_gen.schema`), so an unknown
+    ``data.texture`` key or a value of the wrong type fails while the config is composed.
 
     Attributes:
         p_occlude: probability of occluding the garment.

@@ -10,10 +10,9 @@ import sys
 
 def main() -> None:
     """Compose ``conf/cli/serve.yaml`` with the command line and serve until interrupted."""
-    import hydra
 
     from garment_gen import conf_dir
-    from garment_gen.cli import user_errors
+    from garment_gen.cli import hydra_main, user_errors
 
     missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if not _importable(m)]
     if missing:
@@ -24,7 +23,6 @@ def main() -> None:
         )
         raise SystemExit(2)
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir() / "cli"), config_name="serve")
     @user_errors
     def _app(cfg) -> None:
         from omegaconf import OmegaConf
@@ -40,7 +38,7 @@ def main() -> None:
             raise ConfigError(f"serve: {exc}") from None
         run_server(settings)
 
-    _app()
+    hydra_main(conf_dir() / "cli", "serve", _app)
 
 
 def _importable(name: str) -> bool:
