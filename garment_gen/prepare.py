@@ -2,7 +2,10 @@
 
 Usage::
 
-    python -m garment_gen.prepare input_dir=PHOTOS output_dir=OUT resolution=64 [mask_dir=MASKS]
+    python -m garment_gen.prepare input_dir=PHOTOS output_dir=OUT resolution=64 [mask_dir=MASKS] [aspect=3:4]
+
+``aspect=3:4`` writes portrait frames (``resolution`` high, ``3/4 * resolution`` wide) instead
+of squares; see :mod:`garment_gen.data.aspect`.
 
 Inputs are never modified. The dataset is built in a temporary folder beside
 ``output_dir`` and moved into place only when complete; re-running with the same
@@ -13,13 +16,14 @@ stays as it was); a bad photo is only skipped.
 
 Output layout::
 
-    OUT/images/<id>.png   garment composited on the background, square
+    OUT/images/<id>.png   garment composited on the background, square or 3:4 (aspect=)
     OUT/masks/<id>.png    8-bit mask, 0 / 255
     OUT/photos/<id>.png   the same crop of the original photo (for the segmenter)
     OUT/manifest.csv      one row per input: id, source_path, sha256, split, label,
                           mask_source, mask_area, status, reason
-    OUT/report.txt        what was skipped and why
-    OUT/dataset.json      settings, counts and the fingerprint that makes re-runs idempotent
+    OUT/report.txt        what was skipped and why, and the garment's mean share of the frame
+    OUT/dataset.json      settings, counts, aspect / width / height (resolution = height) and
+                          the fingerprint that makes re-runs idempotent
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from omegaconf import MISSING
 
 from garment_gen import __version__
 from garment_gen.data.align import align_garment
+from garment_gen.data.aspect import DEFAULT_ASPECT, VALID_ASPECTS, frame_size
 from garment_gen.data.io import IMAGE_EXTENSIONS, load_rgb, save_png_atomic, sha256_file
 from garment_gen.data.masks import MaskCheck, classical_mask, find_mask_file, load_mask_file
 from garment_gen.errors import BadInputError, GarmentGenError
@@ -93,7 +98,10 @@ class PrepareConfig:
 
     input_dir: str = MISSING  # folder of photos, searched recursively (jpg, jpeg, png, webp)
     output_dir: str = MISSING  # new or empty folder; built beside it, moved into place when done
-    resolution: int = 256  # output side in pixels (power of two: 64, 128, 256, ...)
+    resolution: int = 256  # output height in pixels (power of two: 64, 128, 256, ...)
+    # frame width:height, "1:1" (square) or "3:4" (portrait, resolution x 3/4 resolution wide);
+    # in a YAML file quote it ("3:4"): unquoted, YAML reads 1:1 as the number 61
+    aspect: str = DEFAULT_ASPECT
     mask_dir: str | None = None  # masks with the same file stem (VITON-HD cloth-mask convention)
     segmenter: str | None = None  # segmenter.pt from `stage=segmenter`, where no mask file exists
     margin: float = 0.06  # share of the garment's longer side kept around it
@@ -128,6 +136,8 @@ class PrepareConfig:
         out = {k: getattr(self, k) for k in keys}
         out["background"] = list(self.background)
         out["max_per_group"] = dict(self.max_per_group) if self.max_per_group else None
+        if self.aspect != DEFAULT_ASPECT:  # square datasets keep the fingerprint they always had
+            out["aspect"] = self.aspect
         return out
 
 
@@ -165,6 +175,10 @@ def check_settings(cfg: PrepareConfig) -> None:
     r = cfg.resolution
     if not _is_int(r) or r < 8 or r & (r - 1):
         raise bad("resolution", "a power of two (e.g. 64, 128, 256)")
+    try:
+        frame_size(r, cfg.aspect)
+    except ValueError:
+        raise bad("aspect", f"one of {VALID_ASPECTS}") from None
     if not _is_number(cfg.margin) or not 0 <= cfg.margin <= 1:
         raise bad("margin", "a number between 0 and 1")
     for key in ("min_area", "max_area"):
@@ -426,7 +440,9 @@ def prepare_one(task: Task) -> dict[str, Any]:
         image = load_rgb(task.source, max_pixels=cfg.max_pixels, background=tuple(cfg.background))
         mask, source = _get_mask(image, task, cfg)
         area = MaskCheck(cfg.min_area, cfg.max_area)(mask, task.source, source)
-        aligned = align_garment(image, mask, cfg.resolution, cfg.margin, tuple(cfg.background))
+        aligned = align_garment(
+            image, mask, cfg.resolution, cfg.margin, tuple(cfg.background), cfg.aspect
+        )
     except BadInputError as exc:
         # A mask file's fault names the mask file, not the photo of this row.
         reason = exc.reason if exc.path == str(task.source) else f"{exc.path}: {exc.reason}"
@@ -445,6 +461,7 @@ def prepare_one(task: Task) -> dict[str, Any]:
         row["_code"] = "write_error"
         return row
     row.update(mask_source=source, mask_area=f"{area:.4f}", status="ok")
+    row["_share"] = float((aligned.mask > 0).mean())  # garment / frame area, for the report
     return row
 
 
@@ -542,17 +559,30 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _report(rows: list[dict[str, Any]], seconds: float) -> tuple[str, dict[str, Any]]:
+def _report(
+    rows: list[dict[str, Any]], seconds: float, cfg: PrepareConfig | None = None
+) -> tuple[str, dict[str, Any]]:
     ok = [r for r in rows if r["status"] == "ok"]
     skipped = [r for r in rows if r["status"] != "ok"]
     by_code = Counter(r["_code"] or "other" for r in skipped)
     by_split = Counter(r["split"] for r in ok)
     by_source = Counter(r["mask_source"] for r in ok)
+    shares = [r["_share"] for r in ok if "_share" in r]
+    garment_share = round(float(np.mean(shares)), 4) if shares else None
     lines = [
         f"prepared {len(ok)} images, skipped {len(skipped)} ({seconds:.1f} s)",
         "by split: " + ", ".join(f"{s}={by_split.get(s, 0)}" for s in SPLITS),
         "mask sources: " + ", ".join(f"{k}={v}" for k, v in sorted(by_source.items())),
     ]
+    if garment_share is not None:
+        frame = ""
+        if cfg is not None:
+            h, w = frame_size(cfg.resolution, cfg.aspect)
+            frame = f" (frame {w} wide x {h} high, aspect {cfg.aspect})"
+        lines.append(
+            f"garment share of the frame: {garment_share:.1%}{frame}, "
+            f"background (padding) {1 - garment_share:.1%}"
+        )
     if skipped:
         lines.append(
             "skipped by reason: " + ", ".join(f"{k}={v}" for k, v in by_code.most_common())
@@ -566,6 +596,7 @@ def _report(rows: list[dict[str, Any]], seconds: float) -> tuple[str, dict[str, 
         "skipped_by_reason": dict(by_code),
         "by_split": dict(by_split),
         "mask_sources": dict(by_source),
+        "garment_share": garment_share,  # mean mask area / frame area of the prepared images
         "seconds": round(seconds, 2),
     }
     return "\n".join(lines) + "\n", stats
@@ -787,14 +818,18 @@ def _finish(
     """Write manifest, report and metadata into ``tmp`` and move it to ``out``."""
     rows = sorted(rows + ignored, key=lambda r: r["source_path"])
     n_ok = sum(r["status"] == "ok" for r in rows)
-    text, stats = _report(rows, time.time() - t0)
+    text, stats = _report(rows, time.time() - t0, cfg)
     if n_ok == 0:
         raise GarmentGenError(f"input_dir={cfg.input_dir}: no image could be prepared.\n{text}")
+    height, width = frame_size(cfg.resolution, cfg.aspect)
     meta = {
         "format": DATASET_FORMAT,
         "garment_gen_version": __version__,
         "fingerprint": fingerprint,
-        "resolution": cfg.resolution,
+        "resolution": cfg.resolution,  # the height
+        "aspect": cfg.aspect,
+        "height": height,
+        "width": width,
         "background": list(cfg.background),
         "input_dir": str(Path(cfg.input_dir).resolve()),
         "settings": cfg.fingerprint_settings(),

@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from garment_gen import sample_dir
-from garment_gen.data.dataset import GarmentDataset, read_dataset_meta
+from garment_gen.data.aspect import frame_size
+from garment_gen.data.dataset import GarmentDataset, dataset_aspect, read_dataset_meta
 from garment_gen.data.occlusion import TextureConfig
 from garment_gen.errors import GarmentGenError
 
@@ -22,8 +23,8 @@ class GarmentDataModule(pl.LightningDataModule):
 
     Args:
         root: a folder written by ``garment_gen.prepare``; ``None`` uses the bundled sample.
-        resolution: output side; ``None`` keeps the dataset's own resolution
-            (a different value resizes on load).
+        resolution: output height; ``None`` keeps the dataset's own resolution
+            (a different value resizes on load, the width following the dataset's aspect).
         batch_size: training batch size (per device under DDP).
         val_batch_size: validation/test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
@@ -33,6 +34,12 @@ class GarmentDataModule(pl.LightningDataModule):
             seeded per sample, validation), so encoders cannot copy pixel positions.
         cache: keep decoded samples in memory.
         seed: seeds the fixed validation/test textures.
+
+    Attributes:
+        aspect: the dataset's frame aspect, ``"1:1"`` or ``"3:4"`` (``dataset.json``; a
+            dataset prepared before aspects existed is ``"1:1"``).
+        resolution, height, width: the frame the batches have: ``[N, C, height, width]``,
+            ``height == resolution``.
     """
 
     def __init__(
@@ -53,9 +60,11 @@ class GarmentDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = Path(root) if root else sample_dir()
         meta = read_dataset_meta(self.root)
+        self.aspect = dataset_aspect(meta, self.root)
         self.resolution = int(resolution or meta["resolution"])
         if self.resolution < 8 or self.resolution & (self.resolution - 1):
             raise GarmentGenError(f"data.resolution={self.resolution}: must be a power of two")
+        self.height, self.width = frame_size(self.resolution, self.aspect)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size
 from garment_gen.data.occlusion import TextureConfig, make_texture
 from garment_gen.errors import GarmentGenError
 
@@ -61,6 +62,22 @@ def read_dataset_meta(root: str | Path) -> dict[str, Any]:
         raise GarmentGenError(f"{meta_path}: unreadable dataset metadata ({exc})") from None
 
 
+def dataset_aspect(meta: dict[str, Any], root: str | Path) -> str:
+    """The frame aspect of a prepared dataset (``"1:1"`` when ``dataset.json`` predates aspects).
+
+    Raises:
+        GarmentGenError: an aspect this version cannot read, naming the file.
+    """
+    aspect = meta.get("aspect", DEFAULT_ASPECT)
+    try:
+        frame_size(int(meta["resolution"]), aspect)
+    except ValueError as exc:
+        raise GarmentGenError(
+            f"{Path(root) / 'dataset.json'}: aspect={aspect}: {exc}; {REPREPARE}"
+        ) from None
+    return aspect
+
+
 def read_manifest(root: str | Path, split: str | None = None) -> list[dict[str, str]]:
     """Rows of ``manifest.csv`` with status ``ok`` (optionally only one split)."""
     with open(Path(root) / "manifest.csv", newline="") as f:
@@ -90,12 +107,16 @@ def to_tensor_mask(arr: np.ndarray) -> torch.Tensor:
 class GarmentDataset(Dataset):
     """One split of a prepared dataset.
 
-    Each item is a dict:
-        ``image``: float ``[3, R, R]`` in ``[-1, 1]``, the aligned garment;
-        ``mask``: float ``[1, R, R]`` in ``{0, 1}``, its shape;
-        ``texture``: float ``[3, R, R]`` in ``[-1, 1]``, the garment occluded/cropped;
-        ``photo``: float ``[3, R, R]``, the same crop with its real background;
+    Each item is a dict (``H`` = ``resolution``, ``W`` = ``H`` for a square dataset and
+    ``3 / 4 * H`` for a portrait one, ``aspect`` in ``dataset.json``):
+        ``image``: float ``[3, H, W]`` in ``[-1, 1]``, the aligned garment;
+        ``mask``: float ``[1, H, W]`` in ``{0, 1}``, its shape;
+        ``texture``: float ``[3, H, W]`` in ``[-1, 1]``, the garment occluded/cropped;
+        ``photo``: float ``[3, H, W]``, the same crop with its real background;
         ``id``: str.
+
+    ``resolution`` other than the dataset's own resizes on load (height = ``resolution``,
+    width from the aspect).
 
     With ``augment=True`` (training) flips and textures are random; otherwise
     each sample's texture is fixed by its id and ``seed``, so validation metrics
@@ -122,7 +143,12 @@ class GarmentDataset(Dataset):
         self.split = split
         self._check_files()
         self.native_resolution = int(self.meta["resolution"])
+        self.aspect = dataset_aspect(self.meta, self.root)
         self.resolution = int(resolution or self.native_resolution)
+        try:
+            self.height, self.width = frame_size(self.resolution, self.aspect)
+        except ValueError as exc:
+            raise GarmentGenError(f"resolution={self.resolution}: {exc}") from None
         self.background = tuple(int(c) for c in self.meta.get("background", (255, 255, 255)))
         self.augment = augment
         self.texture_cfg = texture or TextureConfig()
@@ -181,15 +207,15 @@ class GarmentDataset(Dataset):
             raise SampleReadError(
                 f"{path}: cannot read prepared sample ({reason}); {REPREPARE}"
             ) from None
-        if arr.shape[0] != self.resolution:
-            interp = cv2.INTER_AREA if arr.shape[0] > self.resolution else cv2.INTER_CUBIC
-            arr = cv2.resize(arr, (self.resolution, self.resolution), interpolation=interp)
+        if arr.shape[:2] != (self.height, self.width):
+            interp = cv2.INTER_AREA if arr.shape[0] > self.height else cv2.INTER_CUBIC
+            arr = cv2.resize(arr, (self.width, self.height), interpolation=interp)
             if gray:
                 arr = ((arr > 127).astype(np.uint8)) * 255
         return arr
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw ``uint8`` (image ``[R,R,3]``, mask ``[R,R]``, photo ``[R,R,3]``) of one sample."""
+        """Raw ``uint8`` (image ``[H,W,3]``, mask ``[H,W]``, photo ``[H,W,3]``) of one sample."""
         if index in self._cache:
             return self._cache[index]
         sid = self.rows[index]["id"]
@@ -229,5 +255,8 @@ class GarmentDataset(Dataset):
             "split": self.split,
             "size": len(self),
             "resolution": self.resolution,
+            "aspect": self.aspect,
+            "height": self.height,
+            "width": self.width,
             "texture": asdict(self.texture_cfg),
         }
