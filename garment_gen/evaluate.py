@@ -479,6 +479,11 @@ def evaluate(
     if out is not None:
         check_writable(out, "out")  # before any compute
     dataset = GarmentDataset(root, split, resolution=gen.resolution, augment=False, seed=data_seed)
+    if dataset.aspect != gen.aspect:
+        raise GarmentGenError(
+            f"data.root={root}: its images are {dataset.aspect}, the model draws {gen.aspect} "
+            f"ones; evaluate on a dataset prepared with aspect={gen.aspect}"
+        )
     if max_samples is not None:
         dataset.rows = dataset.rows[: int(max_samples)]
     n = len(dataset)
@@ -542,6 +547,7 @@ def evaluate(
         "device": str(dev),
         "device_name": _device_name(dev),
         "resolution": gen.resolution,
+        "aspect": gen.aspect,
         "model_file": model_file,
         "dataset": str(Path(root).resolve()),
         "seconds": round(time.time() - t_start, 2),

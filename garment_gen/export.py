@@ -72,24 +72,27 @@ class InferenceModel(nn.Module):
         return self.model(mask, texture, noise_mode="const").clamp(-1, 1)
 
 
-def random_inputs(batch: int, resolution: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random test inputs: blob masks float ``[B, 1, R, R]`` in ``{0, 1}``, textures ``[B, 3, R, R]`` in ``[-1, 1]``.
+def random_inputs(
+    batch: int, resolution: int, seed: int = 0, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random test inputs: blob masks float ``[B, 1, R, W]`` in ``{0, 1}``, textures ``[B, 3, R, W]`` in ``[-1, 1]``
+    (``W`` = ``R`` unless ``width`` is given: portrait models).
 
     Masks are thresholded smooth noise (one or a few blobs, never empty); textures are a smooth
     colour field plus fine noise, white (1.0) outside the mask like the aligned training textures.
     """
     g = torch.Generator().manual_seed(seed)
-    r = resolution
+    r, w = resolution, resolution if width is None else int(width)
     coarse = torch.randn(batch, 1, 5, 5, generator=g)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 5), indexing="ij")
     coarse = coarse + 1.5 * (1 - (xx**2 + yy**2))  # favour a central garment-like blob
-    field = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True)
+    field = F.interpolate(coarse, size=(r, w), mode="bicubic", align_corners=True)
     mask = (field > 0.5).float()
-    mask[:, :, r // 2 - r // 8 : r // 2 + r // 8, r // 2 - r // 8 : r // 2 + r // 8] = 1.0
+    mask[:, :, r // 2 - r // 8 : r // 2 + r // 8, w // 2 - w // 8 : w // 2 + w // 8] = 1.0
     colour = F.interpolate(
-        torch.rand(batch, 3, 4, 4, generator=g) * 2 - 1, size=(r, r), mode="bilinear"
+        torch.rand(batch, 3, 4, 4, generator=g) * 2 - 1, size=(r, w), mode="bilinear"
     )
-    texture = (colour + 0.2 * torch.randn(batch, 3, r, r, generator=g)).clamp(-1, 1)
+    texture = (colour + 0.2 * torch.randn(batch, 3, r, w, generator=g)).clamp(-1, 1)
     texture = torch.where(mask > 0, texture, torch.ones_like(texture))
     return mask, texture
 
@@ -213,13 +216,19 @@ def _runner(fmt: str, path: Path):
 
 
 def check_export(
-    net: nn.Module, fmt: str, path: str | Path, batches: list[int], resolution: int, seed: int = 0
+    net: nn.Module,
+    fmt: str,
+    path: str | Path,
+    batches: list[int],
+    resolution: int,
+    seed: int = 0,
+    width: int | None = None,
 ) -> float:
     """Largest absolute difference between the exported file and ``net`` over random inputs of each batch size."""
     run = _runner(fmt, Path(path))
     worst = 0.0
     for i, b in enumerate(batches):
-        mask, texture = random_inputs(b, resolution, seed + i)
+        mask, texture = random_inputs(b, resolution, seed + i, width)
         with torch.no_grad():
             ref = net(mask, texture)
         try:
@@ -299,7 +308,7 @@ def export(
     if gen.device.type != "cpu":  # export on the CPU without moving the caller's model
         model = copy.deepcopy(model).cpu()
     net = InferenceModel(model)
-    example = random_inputs(int(batch), gen.resolution, seed)
+    example = random_inputs(int(batch), gen.height, seed, gen.width)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{out.name}.", suffix=".tmp" + out.suffix, dir=out.parent
     )
@@ -313,7 +322,7 @@ def export(
         max_diff = None
         batches = [int(batch), int(batch) + 2]
         if check:
-            max_diff = check_export(net, fmt, tmp, batches, gen.resolution, seed + 1)
+            max_diff = check_export(net, fmt, tmp, batches, gen.height, seed + 1, gen.width)
             log.info(
                 "%s vs PyTorch on random inputs (batch %s): max abs diff %.3g",
                 fmt,
@@ -337,6 +346,7 @@ def export(
         "max_abs_diff": max_diff,
         "batch_sizes_checked": batches if check else [],
         "resolution": gen.resolution,
+        "aspect": gen.aspect,
         "seconds": round(time.time() - t0, 2),
     }
     if fmt == "onnx":

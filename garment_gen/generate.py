@@ -70,16 +70,27 @@ class GridSheet:
     ``(S + 1) x (T + 1)`` tiles of memory, once, in 8 bits.
     """
 
-    def __init__(self, n_shapes: int, n_textures: int, resolution: int, pad: int = 2):
-        self.r, self.pad, self.size = resolution, pad, resolution + pad
+    def __init__(
+        self,
+        n_shapes: int,
+        n_textures: int,
+        resolution: int,
+        pad: int = 2,
+        width: int | None = None,
+    ):
+        self.r, self.pad = resolution, pad
+        self.w = resolution if width is None else int(width)  # tiles are R x W (portrait: 3R/4)
+        self.size, self.size_w = resolution + pad, self.w + pad
         self.sheet = np.full(
-            ((n_shapes + 1) * self.size + pad, (n_textures + 1) * self.size + pad, 3), 255, np.uint8
+            ((n_shapes + 1) * self.size + pad, (n_textures + 1) * self.size_w + pad, 3),
+            255,
+            np.uint8,
         )
 
     def put(self, row: int, col: int, tile: np.ndarray) -> None:
-        """Tile ``uint8 [R, R, 3]`` at sheet ``row``/``col`` (row 0: textures, col 0: shapes)."""
-        y, x = self.pad + row * self.size, self.pad + col * self.size
-        self.sheet[y : y + self.r, x : x + self.r] = tile
+        """Tile ``uint8 [R, W, 3]`` at sheet ``row``/``col`` (row 0: textures, col 0: shapes)."""
+        y, x = self.pad + row * self.size, self.pad + col * self.size_w
+        self.sheet[y : y + self.r, x : x + self.w] = tile
 
     def put_texture(self, j: int, texture: torch.Tensor, name: str, labels: bool = True) -> None:
         """Texture ``j``: float ``[3, R, R]`` in [-1, 1]."""
@@ -112,7 +123,7 @@ def labelled_grid(
         images: ``[S, T, 3, R, R]`` in [-1, 1].
     """
     s, t = images.shape[:2]
-    sheet = GridSheet(s, t, images.shape[-1], pad)
+    sheet = GridSheet(s, t, images.shape[-2], pad, width=images.shape[-1])
     for j in range(t):
         sheet.put_texture(j, textures[j], texture_names[j], labels)
     for i in range(s):
@@ -175,7 +186,7 @@ def generate_combinations(
     """
     masks = torch.cat([gen.shape_tensor(s) for s in shapes]).cpu()
     texs = torch.cat([gen.texture_tensor(t) for t in textures]).cpu()
-    out = torch.empty(len(shapes), len(textures), 3, gen.resolution, gen.resolution)
+    out = torch.empty(len(shapes), len(textures), 3, gen.height, gen.width)
     for i, j, img in iter_combinations(gen, masks, texs, truncation, seed, batch_size, progress):
         out[i, j] = img
     return masks, texs, out
@@ -363,7 +374,7 @@ def run(
         log.info("wrote %s", path)
         return {"images": [path], "grid": None, "skipped": skipped}
 
-    sheet = GridSheet(len(shape_files), len(texture_files), gen.resolution)
+    sheet = GridSheet(len(shape_files), len(texture_files), gen.height, width=gen.width)
     for j, tf in enumerate(texture_files):
         sheet.put_texture(j, texs[j], tf.stem, labels)
     for i, sf in enumerate(shape_files):

@@ -224,6 +224,8 @@ class GarmentGenerator:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.resolution = model.resolution
+        self.aspect = model.aspect
+        self.height, self.width = model.size  # (R, R) unless the model is portrait (3:4)
         self.margin = float(model.data.get("margin", 0.06))
         self.background = tuple(int(c) for c in model.data.get("background", (255, 255, 255)))
         self.meta = meta or {}
@@ -281,7 +283,7 @@ class GarmentGenerator:
         return mask
 
     def shape_tensor(self, shape: ImageLike) -> torch.Tensor:
-        """Aligned shape mask float ``[1, 1, R, R]`` in ``{0, 1}`` from a mask or a garment photo."""
+        """Aligned shape mask float ``[1, 1, H, W]`` in ``{0, 1}`` from a mask or a garment photo."""
         import numpy as np
 
         from garment_gen.data.align import align_garment
@@ -302,11 +304,13 @@ class GarmentGenerator:
             rgb = np.repeat(mask[..., None], 3, axis=2)
         else:
             rgb, mask = arr, self._mask_of(arr, name)
-        aligned = align_garment(rgb, mask, self.resolution, self.margin, self.background)
+        aligned = align_garment(
+            rgb, mask, self.resolution, self.margin, self.background, aspect=self.aspect
+        )
         return torch.from_numpy(aligned.mask > 127).float()[None, None].to(self.device)
 
     def texture_tensor(self, texture: ImageLike) -> torch.Tensor:
-        """Aligned texture float ``[1, 3, R, R]`` in ``[-1, 1]`` from a garment photo or fabric swatch.
+        """Aligned texture float ``[1, 3, H, W]`` in ``[-1, 1]`` from a garment photo or fabric swatch.
 
         A garment photo is cut out and aligned like the training textures; an image
         where no garment outline is found (a swatch filling the frame) is used whole.
@@ -327,12 +331,17 @@ class GarmentGenerator:
             mask, _ = classical_mask(arr, work_size=min(320, max(128, 2 * self.resolution)))
         try:
             MaskCheck(0.05, 0.97)(mask, name, "texture")
-            out = align_garment(arr, mask, self.resolution, self.margin, self.background).image
+            out = align_garment(
+                arr, mask, self.resolution, self.margin, self.background, aspect=self.aspect
+            ).image
         except BadInputError:
+            # a swatch: the largest centred crop of the model's aspect, resized
             h, w = arr.shape[:2]
-            s = min(h, w)
-            crop = arr[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-            out = cv2.resize(crop, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+            fh, fw = self.height, self.width
+            ch, cw = (h, h * fw // fh) if h * fw <= w * fh else (w * fh // fw, w)
+            top, left = (h - ch) // 2, (w - cw) // 2
+            crop = arr[top : top + ch, left : left + cw]
+            out = cv2.resize(crop, (fw, fh), interpolation=cv2.INTER_AREA)
         t = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float() / 127.5 - 1
         return t[None].to(self.device)
 
@@ -346,7 +355,7 @@ class GarmentGenerator:
         truncation_psi: float = 1.0,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Aligned batches in, images out: mask ``[B,1,R,R]``, texture ``[B,3,R,R]`` -> ``[B,3,R,R]`` in [-1, 1]."""
+        """Aligned batches in, images out: mask ``[B,1,H,W]``, texture ``[B,3,H,W]`` -> ``[B,3,H,W]`` in [-1, 1] (``H = W = R`` unless portrait)."""
         shape_mask, texture_img = shape_mask.to(self.device), texture_img.to(self.device)
         if seed is None:
             img = self.model(shape_mask, texture_img, truncation_psi, noise_mode="const")

@@ -160,7 +160,11 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     check_wandb(cfg)
     datamodule = _instantiate(cfg.data, _recursive_=False)
     module = _instantiate(
-        cfg.model, resolution=datamodule.resolution, loss=cfg.get("loss"), _recursive_=False
+        cfg.model,
+        resolution=datamodule.resolution,
+        aspect=getattr(datamodule, "aspect", "1:1"),
+        loss=cfg.get("loss"),
+        _recursive_=False,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))

@@ -80,12 +80,18 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` and ``[M, D]``.
 
     ``|mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r S_f)^(1/2))``, the trace of the square
-    root taken from the eigenvalues of ``S_r S_f`` (float64).
+    root taken from the eigenvalues of ``S_r S_f`` (float64). NaN when either set has fewer
+    than 2 samples or non-finite features.
     """
+    if min(len(real), len(fake)) < 2:  # no covariance from one sample: undefined, not a crash
+        return torch.tensor(float("nan"))
     real, fake = real.double(), fake.double()
     mu_r, mu_f = real.mean(0), fake.mean(0)
     cov_r, cov_f = torch.cov(real.T), torch.cov(fake.T)
-    eig = torch.linalg.eigvals(cov_r @ cov_f)
+    prod = cov_r @ cov_f
+    if not torch.isfinite(prod).all():  # LAPACK's eigensolver can crash the process on NaN
+        return torch.tensor(float("nan"))
+    eig = torch.linalg.eigvals(prod)
     tr_sqrt = eig.sqrt().real.sum()
     return ((mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * tr_sqrt).float()
 
@@ -162,6 +168,14 @@ class RealismMetric(nn.Module):
         if self.name == "fid":
             return {"fid": self.fd.compute()}
         real, fake = (_gather(torch.cat(self._feats[k])) for k in (True, False))
+        if min(len(real), len(fake)) < 2:
+            log.warning(
+                "realism metrics need at least 2 images of each set, got %d and %d: NaN",
+                len(real),
+                len(fake),
+            )
+            nan = torch.tensor(float("nan"))
+            return {"fd_vgg": nan, "kid_vgg": nan}
         return {"fd_vgg": frechet_distance(real, fake), "kid_vgg": kid(real, fake)}
 
     def compute(self) -> torch.Tensor:

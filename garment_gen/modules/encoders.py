@@ -110,6 +110,7 @@ class EncodersModule(StageModule):
         optimizer: partial optimizer config (encoders; tuned generator weights get
             ``generator_lr_mul`` times its lr).
         resolution: image side from the datamodule (must match the generator).
+        aspect: the data's ``"W:H"`` (must match the generator's).
         loss: :class:`EncoderLossSettings`.
         tune_generator: ``none`` (the method), ``torgb`` or ``all``.
         texture_fit: ``none`` or ``shape`` (see :class:`GarmentModel`).
@@ -128,6 +129,7 @@ class EncodersModule(StageModule):
         encoders: DictConfig | dict,
         optimizer: DictConfig | dict,
         resolution: int,
+        aspect: str = "1:1",
         loss: DictConfig | dict | None = None,
         tune_generator: str = "none",
         texture_fit: str = "none",
@@ -144,6 +146,7 @@ class EncodersModule(StageModule):
                 "encoders": plain(encoders),
                 "optimizer": plain(optimizer),
                 "resolution": resolution,
+                "aspect": aspect,
                 "loss": dict(plain(loss) or {}),
                 "tune_generator": tune_generator,
                 "texture_fit": texture_fit,
@@ -163,6 +166,11 @@ class EncodersModule(StageModule):
             raise ConfigError(
                 f"model.generator={generator} makes {g.resolution} px images but the data is {resolution} px; "
                 f"set data.resolution={g.resolution}"
+            )
+        if g.aspect != aspect:
+            raise ConfigError(
+                f"model.generator={generator} draws {g.aspect} images but the data is {aspect}; "
+                f"train on a dataset prepared with aspect={g.aspect}"
             )
         segmenter = None
         if settings.w_shape > 0 or settings.w_cross_shape > 0:
@@ -201,7 +209,9 @@ class EncodersModule(StageModule):
         if settings.w_adv > 0:
             if not settings.discriminator:
                 raise ConfigError("loss.w_adv > 0 needs loss.discriminator (a _target_ config)")
-            self.disc = hydra.utils.instantiate(settings.discriminator, resolution=resolution)
+            self.disc = hydra.utils.instantiate(
+                settings.discriminator, resolution=resolution, aspect=aspect
+            )
             self.disc_augment = DiffAugment()
         self.active_loss = "second" if settings.w_shape > 0 else "first"
         self.stopping_threshold = getattr(settings, f"threshold_{self.active_loss}")

@@ -42,7 +42,8 @@ class PretrainModule(StageModule):
         g_optimizer / d_optimizer: partial Adam configs (``_partial_: true``); lr and betas are
             scaled here for lazy regularisation (:meth:`GANLoss.optimizer_hparams`).
         loss: the ``GANLoss`` config (``conf/loss/gan.yaml``, ``conf/loss/projected.yaml``).
-        resolution: image side, passed by ``train()`` from the datamodule.
+        resolution: image side (height), passed by ``train()`` from the datamodule.
+        aspect: ``"W:H"`` of the data (``"1:1"`` or ``"3:4"``), from the datamodule too.
         augment: config of the discriminator's augmentation (ADA or DiffAugment), or None.
         ema_kimg / ema_rampup: G_ema half-life in thousands of images, and the ramp-up
             (half-life at most ``rampup * kimg so far``).
@@ -64,6 +65,7 @@ class PretrainModule(StageModule):
         g_optimizer: DictConfig | dict,
         d_optimizer: DictConfig | dict,
         resolution: int,
+        aspect: str = "1:1",
         loss: DictConfig | dict | None = None,
         augment: DictConfig | dict | None = None,
         ema_kimg: float = 10.0,
@@ -82,6 +84,7 @@ class PretrainModule(StageModule):
                 "g_optimizer": plain(g_optimizer),
                 "d_optimizer": plain(d_optimizer),
                 "resolution": resolution,
+                "aspect": aspect,
                 "loss": plain(loss) or {},
                 "augment": plain(augment),
                 "ema_kimg": ema_kimg,
@@ -95,8 +98,8 @@ class PretrainModule(StageModule):
         )
         self.automatic_optimization = False
         hp = self.hparams
-        self.G = hydra.utils.instantiate(hp.generator, resolution=resolution)
-        self.D = hydra.utils.instantiate(hp.discriminator, resolution=resolution)
+        self.G = hydra.utils.instantiate(hp.generator, resolution=resolution, aspect=aspect)
+        self.D = hydra.utils.instantiate(hp.discriminator, resolution=resolution, aspect=aspect)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.augment = hydra.utils.instantiate(hp.augment) if hp.augment else None
         loss_cfg = dict(hp.loss)

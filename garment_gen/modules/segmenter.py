@@ -31,6 +31,7 @@ class SegmenterModule(StageModule):
         net: Hydra config of the segmenter network (``resolution`` filled from the data).
         optimizer: partial optimizer config.
         resolution: image side, from the datamodule.
+        aspect: the data's ``"W:H"`` (the network is fully convolutional: any aspect).
         loss: ``{w_bce, w_dice}``.
         inputs: which batch keys to segment: ``image`` (garment on white) and/or
             ``photo`` (real background).
@@ -43,6 +44,7 @@ class SegmenterModule(StageModule):
         net: DictConfig | dict,
         optimizer: DictConfig | dict,
         resolution: int,
+        aspect: str = "1:1",
         loss: DictConfig | dict | None = None,
         inputs: list[str] | tuple[str, ...] = ("image", "photo"),
     ):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size, parse_aspect
 from garment_gen.errors import ConfigError
 
 __all__ = [
@@ -144,12 +145,14 @@ class _Stage(nn.Module):
 
 
 class _StyleHead(nn.Module):
-    """Pool a feature map to ``pool_size x pool_size`` and map it linearly: ``[B, C, H, W] -> [B, w_dim]``."""
+    """Pool a feature map to ``pool_size`` (``(h, w)``) and map it linearly: ``[B, C, H, W] -> [B, w_dim]``."""
 
-    def __init__(self, channels: int, w_dim: int, pool_size: int, init_std: float) -> None:
+    def __init__(
+        self, channels: int, w_dim: int, pool_size: tuple[int, int], init_std: float
+    ) -> None:
         super().__init__()
-        self.pool_size = pool_size
-        self.linear = nn.Linear(channels * pool_size * pool_size, w_dim)
+        self.pool_size = tuple(pool_size)
+        self.linear = nn.Linear(channels * self.pool_size[0] * self.pool_size[1], w_dim)
         nn.init.normal_(self.linear.weight, std=init_std / math.sqrt(self.linear.in_features))
         nn.init.zeros_(self.linear.bias)
 
@@ -168,12 +171,15 @@ class ConvEncoder(nn.Module):
         in_channels: input channels (1 for a mask, 3 for an RGB image).
         num_ws: number of W+ rows (the generator's ``num_ws``).
         w_dim: style vector size (the generator's ``w_dim``).
-        resolution: input height and width ``R`` in px.
+        resolution: input height ``R`` in px (and width, unless ``aspect`` is not ``"1:1"``).
         num_layers: number of stages; None means ``num_ws`` (one style vector per stage).
         base_channels: channels of the first stage; doubled at every stride-2 stage.
         max_channels: cap on the channels of any stage.
-        pool_size: side of the pooled grid each head reads (1 = global average pooling).
+        pool_size: side of the pooled grid each head reads (1 = global average pooling); for a
+            portrait input the grid keeps the aspect where it can (4 -> 4 x 3 at ``"3:4"``).
         head_init_std: scale of the heads' initial weights (outputs start near zero).
+        aspect: ``"W:H"`` of the input (:mod:`garment_gen.data.aspect`): ``"3:4"`` takes
+            ``[B, C, R, 3R/4]``; stages halve both sides, so feature maps match the generator's.
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class ConvEncoder(nn.Module):
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
         styles: bool = True,
         feature_channels: dict[int, int] | None = None,
+        aspect: str = DEFAULT_ASPECT,
     ) -> None:
         super().__init__()
         self.in_channels = _check_int("in_channels", in_channels, 1)
@@ -202,6 +209,14 @@ class ConvEncoder(nn.Module):
         if not (math.isfinite(head_init_std) and head_init_std > 0):
             raise EncoderConfigError(f"head_init_std must be > 0, got {head_init_std!r}")
         self.head_init_std = float(head_init_std)
+        try:
+            self.height, self.width = frame_size(self.resolution, aspect)
+        except ValueError as exc:
+            raise EncoderConfigError(f"aspect={aspect!r}: {exc}") from None
+        self.aspect = aspect
+        aw, ah = parse_aspect(aspect)
+        p = self.pool_size
+        self.pool_hw = (p, p * aw // ah) if p * aw % ah == 0 else (p, p)
 
         self.downsample = downsample_schedule(self.num_layers, self.resolution)
         self.stages = nn.ModuleList()
@@ -217,7 +232,7 @@ class ConvEncoder(nn.Module):
         self.styles = bool(styles)
         self.head_stage = [head_stage_index(i, self.num_ws, self.num_layers) for i in range(num_ws)]
         self.heads = nn.ModuleList(
-            _StyleHead(self.stage_channels[s], self.w_dim, self.pool_size, self.head_init_std)
+            _StyleHead(self.stage_channels[s], self.w_dim, self.pool_hw, self.head_init_std)
             for s in (self.head_stage if self.styles else [])
         )
         # Spatial feature heads: for each injected resolution r, a zero-initialised 1x1 conv
@@ -254,10 +269,11 @@ class ConvEncoder(nn.Module):
             "head_init_std": self.head_init_std,
             "styles": self.styles,
             "feature_channels": dict(self.feature_channels),
+            "aspect": self.aspect,
         }
 
     def _check_input(self, x: torch.Tensor) -> None:
-        expected = (self.in_channels, self.resolution, self.resolution)
+        expected = (self.in_channels, self.height, self.width)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"{type(self).__name__} expects [B, {expected[0]}, {expected[1]}, {expected[2]}], "
@@ -323,6 +339,7 @@ class _FixedInputEncoder(ConvEncoder):
         head_init_std: float = _DEFAULT_HEAD_INIT_STD,
         styles: bool = True,
         feature_channels: dict[int, int] | None = None,
+        aspect: str = DEFAULT_ASPECT,
     ) -> None:
         super().__init__(
             in_channels=self.IN_CHANNELS,
@@ -336,6 +353,7 @@ class _FixedInputEncoder(ConvEncoder):
             head_init_std=head_init_std,
             styles=styles,
             feature_channels=feature_channels,
+            aspect=aspect,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -419,6 +437,7 @@ class GarmentEncoders(nn.Module):
         injection: str = "styles",
         inject_max_resolution: int = 32,
         generator_channels: dict[int, int] | None = None,
+        aspect: str = DEFAULT_ASPECT,
     ) -> None:
         super().__init__()
         if injection not in INJECTIONS:
@@ -448,12 +467,14 @@ class GarmentEncoders(nn.Module):
             head_init_std=head_init_std,
             styles=injection != "features",
             feature_channels=feature_channels,
+            aspect=aspect,
         )
         self.shape_enc = ShapeEncoder(pool_size=shape_pool_size, **kwargs)
         self.texture_enc = TextureEncoder(**kwargs)
         self.num_ws = self.shape_enc.num_ws
         self.w_dim = self.shape_enc.w_dim
         self.resolution = self.shape_enc.resolution
+        self.aspect, self.width = self.shape_enc.aspect, self.shape_enc.width
         self.use_w_avg = bool(use_w_avg)
         if w_avg is None:
             w_avg = torch.zeros(self.w_dim)
@@ -470,6 +491,7 @@ class GarmentEncoders(nn.Module):
         the generator's.
         """
         kwargs.setdefault("resolution", int(generator.resolution))
+        kwargs.setdefault("aspect", getattr(generator, "aspect", DEFAULT_ASPECT))
         channels = getattr(generator.synthesis, "channels", None)  # absent on stand-ins
         if channels is not None:
             kwargs.setdefault("generator_channels", dict(channels))
@@ -496,6 +518,7 @@ class GarmentEncoders(nn.Module):
             "injection": self.injection,
             "inject_max_resolution": self.inject_max_resolution,
             "generator_channels": dict(self.generator_channels),
+            "aspect": self.aspect,
         }
 
     @property

@@ -31,6 +31,7 @@ from timm.layers import BatchNormAct2d, Conv2dSame
 from timm.layers.padding import get_same_padding
 from torch import nn
 
+from garment_gen.data.aspect import frame_size
 from garment_gen.errors import GarmentGenError
 
 __all__ = [
@@ -293,13 +294,22 @@ class EfficientNetLite0Features(nn.Module):
     channels = FEATURE_CHANNELS
     strides = FEATURE_STRIDES
 
-    def __init__(self, feature_size: int = 128, pretrained: bool = True):
+    def __init__(self, feature_size: int = 128, pretrained: bool = True, aspect: str = "1:1"):
         super().__init__()
         if isinstance(feature_size, bool) or not isinstance(feature_size, int):
             raise ValueError(f"feature_size must be an int, got {feature_size!r}")
         if feature_size < 32 or feature_size % 32:
             raise ValueError(f"feature_size must be a multiple of 32, >= 32, got {feature_size}")
         self.feature_size = feature_size
+        # Images of another aspect (portrait garments) are resized to feature_size high and as
+        # wide as their aspect makes it, so the trunk sees them undistorted.
+        self.aspect = aspect
+        self.input_size = frame_size(feature_size, aspect)
+        if self.input_size[1] % 32:
+            raise ValueError(
+                f"feature_size={feature_size} at aspect {aspect} is {self.input_size[1]} px wide, "
+                "not a multiple of 32; use a feature_size whose width is (e.g. 128 for 3:4)"
+            )
         self.pretrained = bool(pretrained)
         model = timm.create_model(ARCH, pretrained=False)
         if pretrained:
@@ -335,12 +345,10 @@ class EfficientNetLite0Features(nn.Module):
         x = img
         if not self.identity_norm:
             x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
-        size = self.feature_size
-        if x.shape[-2:] != (size, size):
-            shrink = x.shape[-2] > size or x.shape[-1] > size
-            x = F.interpolate(
-                x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
-            )
+        size = self.input_size
+        if tuple(x.shape[-2:]) != size:
+            shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
@@ -351,4 +359,7 @@ class EfficientNetLite0Features(nn.Module):
         return feats
 
     def extra_repr(self) -> str:
-        return f"arch={ARCH!r}, feature_size={self.feature_size}, pretrained={self.pretrained}"
+        return (
+            f"arch={ARCH!r}, feature_size={self.feature_size}, pretrained={self.pretrained}, "
+            f"aspect={self.aspect!r}"
+        )

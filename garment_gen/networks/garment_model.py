@@ -4,7 +4,7 @@
 styles (and, with feature injection, spatial feature maps added into its activations); the
 generator draws the garment. The segmenter (optional) finds masks of garment photos given as
 shapes and scores the shape of outputs; the data settings say how inputs are aligned
-(``resolution``, ``margin``, ``background``), exactly as the training data was.
+(``resolution``, ``aspect``, ``margin``, ``background``), exactly as the training data was.
 
 Training (``EncodersModule``), inference (``GarmentGenerator``), export (ONNX / TorchScript)
 and evaluation all hold this module; none of them rebuilds "encoders -> synthesis" itself.
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from garment_gen.data.aspect import frame_size
 from garment_gen.networks.encoders import GarmentEncoders
 from garment_gen.networks.segmenter import Segmenter
 from garment_gen.networks.stylegan2 import Generator
@@ -37,8 +38,8 @@ class GarmentModel(nn.Module):
             ``tune_generator`` says otherwise).
         encoders: :class:`GarmentEncoders` sized for it.
         segmenter: optional :class:`Segmenter` (frozen).
-        data: alignment settings: ``resolution`` (default the generator's), ``margin``,
-            ``background`` (RGB 0-255).
+        data: alignment settings: ``resolution`` and ``aspect`` (default the generator's),
+            ``margin``, ``background`` (RGB 0-255).
         tune_generator: which generator weights training may change: ``none`` (the method:
             frozen), ``torgb`` (the toRGB layers only) or ``all`` (PTI-style). Beyond the
             method; recorded so a tuned model says so.
@@ -84,7 +85,17 @@ class GarmentModel(nn.Module):
         self.generator = generator
         self.encoders = encoders
         self.segmenter = segmenter
-        self.data = {**DEFAULT_DATA, "resolution": int(generator.resolution), **(data or {})}
+        if getattr(encoders, "aspect", "1:1") != getattr(generator, "aspect", "1:1"):
+            raise ValueError(
+                f"the encoders read {encoders.aspect} images, the generator draws "
+                f"{generator.aspect} ones"
+            )
+        self.data = {
+            **DEFAULT_DATA,
+            "resolution": int(generator.resolution),
+            "aspect": getattr(generator, "aspect", "1:1"),
+            **(data or {}),
+        }
         self.data["background"] = [int(c) for c in self.data["background"]]
         self.tune_generator = tune_generator
         self.freeze()
@@ -161,7 +172,18 @@ class GarmentModel(nn.Module):
 
     @property
     def resolution(self) -> int:
+        """Height of the images (and width, when square)."""
         return int(self.data["resolution"])
+
+    @property
+    def aspect(self) -> str:
+        """``"W:H"`` of the images: ``"1:1"`` or ``"3:4"`` (portrait)."""
+        return str(self.data.get("aspect", "1:1"))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the inputs and outputs."""
+        return frame_size(self.resolution, self.aspect)
 
     def styles(
         self, shape_mask: torch.Tensor, texture_img: torch.Tensor, truncation_psi: float = 1.0
@@ -188,7 +210,7 @@ class GarmentModel(nn.Module):
         features: dict[int, torch.Tensor] | None = None,
         noise_mode: str = "const",
     ) -> torch.Tensor:
-        """Draw ``ws`` (with injected ``features``): image ``[B, 3, R, R]`` roughly in ``[-1, 1]``."""
+        """Draw ``ws`` (with injected ``features``): image ``[B, 3, H, W]`` roughly in ``[-1, 1]``."""
         return self.generator.synthesis(ws, noise_mode=noise_mode, features=features)
 
     def forward(
@@ -198,7 +220,7 @@ class GarmentModel(nn.Module):
         truncation_psi: float = 1.0,
         noise_mode: str = "const",
     ) -> torch.Tensor:
-        """Mask float {0, 1} ``[B, 1, R, R]`` + texture float [-1, 1] ``[B, 3, R, R]`` -> image ``[B, 3, R, R]``.
+        """Mask float {0, 1} ``[B, 1, H, W]`` + texture float [-1, 1] ``[B, 3, H, W]`` -> image ``[B, 3, H, W]``.
 
         The output is not clamped (training wants the gradient); clamp to ``[-1, 1]`` to view.
         """
@@ -217,7 +239,7 @@ class GarmentModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"resolution={self.resolution}, injection={self.encoders.injection}, "
+            f"resolution={self.resolution}, aspect={self.aspect}, injection={self.encoders.injection}, "
             f"tune_generator={self.tune_generator}, texture_fit={self.texture_fit}, "
             f"composite={self.composite}, "
             f"segmenter={self.segmenter is not None}"
@@ -245,11 +267,11 @@ def fit_texture_to_shape(
     background: tuple[int, int, int] | list[int] = (255, 255, 255),
     tolerance: int = 16,
 ) -> torch.Tensor:
-    """The texture's garment stretched onto the shape: ``[B, 3, R, R]`` in ``[-1, 1]``.
+    """The texture's garment stretched onto the shape: ``[B, 3, H, W]`` in ``[-1, 1]``.
 
     The bounding box of the texture's garment pixels (those differing from the background by
     more than ``tolerance`` levels; the whole image for a swatch that fills the frame) is
-    resampled onto the bounding box of ``shape_mask`` (float ``{0, 1}`` ``[B, 1, R, R]``), and
+    resampled onto the bounding box of ``shape_mask`` (float ``{0, 1}`` ``[B, 1, H, W]``), and
     only the pixels inside the mask are kept: B's fabric cut in A's silhouette, with its layout
     (stripes, a print's regions) where the garment's parts are. For a texture made from the
     same garment (training) it is close to the identity. Tensor ops only: batched,

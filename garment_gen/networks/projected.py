@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size, parse_aspect
 from garment_gen.errors import ConfigError
 from garment_gen.networks import ops
 from garment_gen.networks.feature_nets import EfficientNetLite0Features
@@ -194,9 +195,15 @@ class ProjectedDiscriminator(nn.Module):
         spectral_norm: bool = True,
         img_channels: int = 3,
         seed: int = 0,
+        aspect: str = DEFAULT_ASPECT,
     ) -> None:
         super().__init__()
         _check_int("resolution", resolution, 8)
+        try:
+            self.height, self.width = frame_size(resolution, aspect)
+        except ValueError as exc:
+            raise ProjectedConfigError(f"aspect={aspect!r}: {exc}") from None
+        self.aspect = aspect
         _check_int("feature_size", feature_size, 32)
         if feature_size % 32:
             raise ProjectedConfigError(f"feature_size must be a multiple of 32, got {feature_size}")
@@ -218,9 +225,13 @@ class ProjectedDiscriminator(nn.Module):
             spectral_norm=bool(spectral_norm),
             img_channels=3,
             seed=int(seed),
+            aspect=aspect,
         )
         self.resolution, self.img_channels = resolution, 3
-        self.features = EfficientNetLite0Features(feature_size)
+        try:
+            self.features = EfficientNetLite0Features(feature_size, aspect=aspect)
+        except ValueError as exc:
+            raise ProjectedConfigError(str(exc)) from None
         self.projection = RandomProjection(
             self.features.channels, proj_channels, bool(proj_expand), seed
         )
@@ -229,7 +240,8 @@ class ProjectedDiscriminator(nn.Module):
             ScaleDiscriminator(c, s, channel_base, channel_max, bool(spectral_norm))
             for c, s in zip(self.projection.out_channels, sizes, strict=True)
         )
-        self.num_logits = sum(d.out_size**2 for d in self.discs)
+        aw, ah = parse_aspect(aspect)  # the patch maps keep the image's aspect: 4 x 3 at 3:4
+        self.num_logits = sum(d.out_size * (d.out_size * aw // ah) for d in self.discs)
 
     def get_config(self) -> dict[str, Any]:
         """Constructor kwargs that rebuild this discriminator (plain Python values)."""
@@ -241,9 +253,9 @@ class ProjectedDiscriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """``img [B, 3, R, R]`` float in ``[-1, 1]`` -> patch logits ``[B, num_logits]``."""
-        if img.ndim != 4 or img.shape[1:] != (3, self.resolution, self.resolution):
+        if img.ndim != 4 or img.shape[1:] != (3, self.height, self.width):
             raise ValueError(
-                f"img must be [B, 3, {self.resolution}, {self.resolution}], got {list(img.shape)}"
+                f"img must be [B, 3, {self.height}, {self.width}], got {list(img.shape)}"
             )
         mixed = self.projection(self.features(img))
         return torch.cat([d(m) for d, m in zip(self.discs, mixed, strict=True)], dim=1)

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size, parse_aspect
 from garment_gen.errors import ConfigError
 from garment_gen.networks.ops import conv2d, conv_transpose2d, eager_cpu
 from garment_gen.networks.serialization import ModelFileError as GeneratorFileError
@@ -95,6 +96,19 @@ def _check_resolution(resolution: Any, lo: int = 32, hi: int = 1024) -> int:
             f"resolution must be a power of two in [{lo}, {hi}], got {resolution}"
         )
     return resolution
+
+
+def _check_aspect(aspect: Any) -> str:
+    try:
+        parse_aspect(aspect)
+    except ValueError as exc:
+        raise StyleGANConfigError(f"aspect={aspect!r}: {exc}") from None
+    return aspect
+
+
+def _frame(resolution: int, aspect: str) -> tuple[int, int]:
+    """``(height, width)`` of a block ``resolution`` high (every block's width is whole)."""
+    return frame_size(resolution, aspect)
 
 
 def _check_positive(**values: Any) -> None:
@@ -137,19 +151,21 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _fir2d(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
-    """Apply the separable filter ``mat`` (``[n_out, n_in]``) to both spatial axes of ``x``.
+def _fir2d(x: torch.Tensor, mat: torch.Tensor, mat_w: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the separable filter ``mat`` (``[n_out, n_in]``) to both spatial axes of ``x``
+    (``mat`` along H, ``mat_w`` along W when the image is not square).
 
     NCHW ``x``: two matmuls on the trailing axes. Channels-last ``x`` (the CPU
     training layout, see :mod:`garment_gen.networks.ops`): the same two matmuls on
     the NHWC view, so the result stays channels-last without a layout copy.
     """
+    mat_w = mat if mat_w is None else mat_w
     if _is_channels_last(x):
         b, c, h, w = x.shape
-        y = torch.matmul(mat, x.permute(0, 2, 3, 1).reshape(b * h, w, c))  # along W
+        y = torch.matmul(mat_w, x.permute(0, 2, 3, 1).reshape(b * h, w, c))  # along W
         y = torch.matmul(mat, y.reshape(b, h, -1))  # along H
-        return y.view(b, mat.shape[0], mat.shape[0], c).permute(0, 3, 1, 2)
-    x = torch.matmul(x, mat.t())  # along W
+        return y.view(b, mat.shape[0], mat_w.shape[0], c).permute(0, 3, 1, 2)
+    x = torch.matmul(x, mat_w.t())  # along W
     return torch.matmul(mat, x)  # along H (mat broadcasts over N, C)
 
 
@@ -198,8 +214,8 @@ class _Blur(torch.autograd.Function):
             gx = _Blur.apply(grad, kernel, k - 1 - ctx.pad, 1)
         else:
             c = grad.shape[1]
-            out = (grad.shape[-2] - 1) * ctx.stride - 2 * ctx.pad + k
-            extra = [ctx.size[0] - out, ctx.size[1] - out]
+            out = [(n - 1) * ctx.stride - 2 * ctx.pad + k for n in grad.shape[-2:]]
+            extra = [ctx.size[0] - out[0], ctx.size[1] - out[1]]
             weight = kernel.to(grad.dtype).expand(c, 1, k, k).contiguous()
             gx = F.conv_transpose2d(
                 grad, weight, stride=ctx.stride, padding=ctx.pad, output_padding=extra, groups=c
@@ -281,8 +297,9 @@ class EqualLinear(nn.Module):
 class ModulatedConv(nn.Module):
     """Modulated, demodulated 3x3 conv + noise + bias + leaky ReLU (one synthesis layer).
 
-    ``forward(x, w)``: ``x [B or 1, in_ch, H, W]`` (H = W = ``resolution // 2`` when
-    ``up``), ``w [B, w_dim]`` -> ``[B, out_ch, resolution, resolution]``.
+    ``forward(x, w)``: ``x [B or 1, in_ch, H, W]`` (half the output's size when ``up``),
+    ``w [B, w_dim]`` -> ``[B, out_ch, resolution, width]`` (``width`` = ``resolution`` unless
+    the image is not square).
     The output omits the activation's sqrt(2) gain; the consumer applies it
     through ``in_gain`` (see the module docstring).
     """
@@ -296,10 +313,12 @@ class ModulatedConv(nn.Module):
         up: bool = False,
         in_gain: float = 1.0,
         conv_clamp: float | None = None,
+        width: int | None = None,
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.resolution, self.up = resolution, up
+        self.width = resolution if width is None else int(width)
         self.in_gain = in_gain
         self.conv_clamp = conv_clamp
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
@@ -307,7 +326,7 @@ class ModulatedConv(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * 9)
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.noise_strength = nn.Parameter(torch.zeros(()))
-        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.register_buffer("noise_const", torch.randn(resolution, self.width))
         if up:
             # transposed conv gives 2n+1 samples; pad 1 each side, 4-tap filter, gain 2 per axis
             self.register_buffer("blur", _fir_kernel(2.0), persistent=False)
@@ -345,7 +364,7 @@ class ModulatedConv(nn.Module):
             x = torch.addcmul(self.bias.view(1, -1, 1, 1), x, dcoefs[:, :, None, None])
         if noise_mode == "random":
             noise = torch.randn(
-                batch, 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype
+                batch, 1, self.resolution, self.width, device=x.device, dtype=x.dtype
             )
             x = x.add_(noise * self.noise_strength)
         elif noise_mode == "const":
@@ -403,9 +422,11 @@ class SynthesisBlock(nn.Module):
         img_channels: int,
         conv_clamp: float | None,
         clamp_after_gain: bool = False,
+        width: int | None = None,
     ):
         super().__init__()
         self.resolution = resolution
+        self.width = resolution if width is None else int(width)
         self.first = in_channels == 0
         # The convs' outputs lack the leaky ReLU's sqrt(2) gain (folded into their consumers):
         # clamping them at conv_clamp / sqrt(2) is clamping the gained activations at conv_clamp.
@@ -414,10 +435,10 @@ class SynthesisBlock(nn.Module):
             act_clamp = conv_clamp / _LRELU_GAIN
         if self.first:
             # kept [1, C, r, r] and broadcast by the modulation, never expanded to the batch
-            self.const = nn.Parameter(torch.randn(1, out_channels, resolution, resolution))
+            self.const = nn.Parameter(torch.randn(1, out_channels, resolution, self.width))
             self.conv0 = None
             self.conv1 = ModulatedConv(
-                out_channels, out_channels, w_dim, resolution, conv_clamp=act_clamp
+                out_channels, out_channels, w_dim, resolution, conv_clamp=act_clamp, width=width
             )
         else:
             self.conv0 = ModulatedConv(
@@ -428,6 +449,7 @@ class SynthesisBlock(nn.Module):
                 up=True,
                 in_gain=_LRELU_GAIN,
                 conv_clamp=act_clamp,
+                width=width,
             )
             self.conv1 = ModulatedConv(
                 out_channels,
@@ -436,10 +458,14 @@ class SynthesisBlock(nn.Module):
                 resolution,
                 in_gain=_LRELU_GAIN,
                 conv_clamp=act_clamp,
+                width=width,
             )
             self.register_buffer(
                 "img_up", _upsample_matrix(resolution // 2, gain=2.0), persistent=False
             )
+            # the running image's upsampling along W when the image is not square
+            up_w = _upsample_matrix(self.width // 2, gain=2.0) if self.width != resolution else None
+            self.register_buffer("img_up_w", up_w, persistent=False)
         self.torgb = ToRGB(
             out_channels, img_channels, w_dim, in_gain=_LRELU_GAIN, conv_clamp=conv_clamp
         )
@@ -468,12 +494,17 @@ class SynthesisBlock(nn.Module):
             # which then feed both its toRGB and the next block.
             x = x + feature.to(x.dtype)
         rgb = self.torgb(x, ws[:, self.num_conv])
-        img = rgb if img is None else _fir2d(img, self.img_up) + rgb
+        img = rgb if img is None else _fir2d(img, self.img_up, self.img_up_w) + rgb
         return x, img
 
 
 class SynthesisNetwork(nn.Module):
-    """``ws [B, num_ws, w_dim]`` -> image ``[B, img_channels, resolution, resolution]``, roughly ``[-1, 1]``.
+    """``ws [B, num_ws, w_dim]`` -> image ``[B, img_channels, resolution, width]``, roughly ``[-1, 1]``.
+
+    ``aspect`` ``"W:H"`` (:mod:`garment_gen.data.aspect`): ``"1:1"`` square, ``"3:4"`` portrait,
+    whose constant input is 4 x 3 and whose blocks are ``r x 3r/4``. Blocks are named by their
+    height ``r`` (``block_resolutions``, ``channels``, the keys of injected ``features``);
+    ``block_sizes[r]`` is ``(r, width)``. W+ (``num_ws``) does not depend on the aspect.
 
     Each ws row drives one layer (W+): block at 4 px uses rows 0 (conv) and 1
     (toRGB); block ``k`` above it uses rows ``2k-1``, ``2k`` (convs) and ``2k+1``
@@ -489,12 +520,16 @@ class SynthesisNetwork(nn.Module):
         channel_max: int,
         conv_clamp: float | None = None,
         clamp_after_gain: bool = False,
+        aspect: str = DEFAULT_ASPECT,
     ):
         super().__init__()
         self.resolution = resolution
         self.w_dim = w_dim
+        self.aspect = aspect
         log2 = int(math.log2(resolution))
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
+        self.block_sizes = {r: _frame(r, aspect) for r in self.block_resolutions}
+        self.width = self.block_sizes[resolution][1]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
         self.channels = channels  # activation channels of the block at each resolution
         self.blocks = nn.ModuleList()
@@ -503,7 +538,14 @@ class SynthesisNetwork(nn.Module):
         for r in self.block_resolutions:
             in_ch = 0 if r == 4 else channels[r // 2]
             blk = SynthesisBlock(
-                in_ch, channels[r], w_dim, r, img_channels, conv_clamp, clamp_after_gain
+                in_ch,
+                channels[r],
+                w_dim,
+                r,
+                img_channels,
+                conv_clamp,
+                clamp_after_gain,
+                width=self.block_sizes[r][1],
             )
             self.blocks.append(blk)
             self.ws_index.append(idx)
@@ -521,7 +563,7 @@ class SynthesisNetwork(nn.Module):
 
         ``fused_modconv``: None picks the path measured faster -- activation scaling
         (see module docs); True forces the grouped-conv path (per-sample weights).
-        ``features``: optional feature maps to inject, ``{resolution r: [B, channels[r], r, r]}``,
+        ``features``: optional feature maps to inject, ``{r: [B, channels[r], *block_sizes[r]]}``,
         each added to the activations of the block at ``r`` (after its convs, before its toRGB
         and the next block). Without them the network is exactly StyleGAN2's.
         """
@@ -550,7 +592,10 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator (skip architecture): ``z [B, z_dim]`` -> image ``[B, img_channels, R, R]``.
+    """StyleGAN2 generator (skip architecture): ``z [B, z_dim]`` -> image ``[B, img_channels, R, W]``.
+
+    ``W`` = ``R`` unless ``aspect`` (``"W:H"``) is not ``"1:1"``: ``"3:4"`` draws portrait
+    images ``R`` high and ``3R/4`` wide from a 4 x 3 constant (``width``).
 
     ``mapping(z) -> ws [B, num_ws, w_dim]`` and ``synthesis(ws) -> image`` are
     exposed separately so encoders can write W+ codes directly. Images are
@@ -580,9 +625,11 @@ class Generator(nn.Module):
         w_avg_beta: float = 0.995,
         conv_clamp: float | None = None,
         clamp_after_gain: bool = False,
+        aspect: str = DEFAULT_ASPECT,
     ):
         super().__init__()
         _check_resolution(resolution)
+        aspect = _check_aspect(aspect)
         _check_positive(
             z_dim=z_dim,
             w_dim=w_dim,
@@ -614,6 +661,7 @@ class Generator(nn.Module):
             w_avg_beta=float(w_avg_beta),
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
             clamp_after_gain=bool(clamp_after_gain),
+            aspect=aspect,
         )
         self.resolution, self.z_dim, self.w_dim, self.img_channels = (
             resolution,
@@ -638,7 +686,9 @@ class Generator(nn.Module):
             channel_max,
             conv_clamp,
             bool(clamp_after_gain),
+            aspect,
         )
+        self.aspect, self.width = aspect, self.synthesis.width
         self.num_ws = self.synthesis.num_ws
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
@@ -691,7 +741,7 @@ class Generator(nn.Module):
         update_w_avg: bool = False,
         fused_modconv: bool | None = None,
     ) -> torch.Tensor:
-        """``z [B, z_dim]`` -> image ``[B, img_channels, R, R]``, roughly ``[-1, 1]``.
+        """``z [B, z_dim]`` -> image ``[B, img_channels, R, W]``, roughly ``[-1, 1]``.
 
         In training mode with ``style_mixing_prob > 0``, each sample, with that
         probability, takes its ws from a second z from a random layer onward.
@@ -853,7 +903,11 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 residual discriminator: image ``[B, img_channels, R, R]`` in ``[-1, 1]`` -> logits ``[B, 1]``."""
+    """StyleGAN2 residual discriminator: image ``[B, img_channels, R, W]`` in ``[-1, 1]`` -> logits ``[B, 1]``.
+
+    ``W`` = ``R`` unless ``aspect`` is not ``"1:1"`` (``"3:4"``: the blocks halve ``R x 3R/4``
+    down to 4 x 3, and the epilogue's linear layer reads the 4 x 3 map).
+    """
 
     def __init__(
         self,
@@ -864,9 +918,11 @@ class Discriminator(nn.Module):
         mbstd_group_size: int = 4,
         mbstd_num_channels: int = 1,
         conv_clamp: float | None = None,
+        aspect: str = DEFAULT_ASPECT,
     ):
         super().__init__()
         _check_resolution(resolution)
+        aspect = _check_aspect(aspect)
         _check_positive(
             img_channels=img_channels,
             channel_base=channel_base,
@@ -886,6 +942,7 @@ class Discriminator(nn.Module):
                 f"channel_base={channel_base} gives no channels at resolution {resolution}; use >= {resolution}"
             )
         self.resolution, self.img_channels = resolution, img_channels
+        self.aspect, self.width = aspect, _frame(resolution, aspect)[1]
         self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
         self._kwargs: dict[str, Any] = dict(
             resolution=int(resolution),
@@ -895,6 +952,7 @@ class Discriminator(nn.Module):
             mbstd_group_size=int(mbstd_group_size),
             mbstd_num_channels=int(mbstd_num_channels),
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
+            aspect=aspect,
         )
         log2 = int(math.log2(resolution))
         block_res = [2**i for i in range(log2, 2, -1)]
@@ -916,7 +974,11 @@ class Discriminator(nn.Module):
             c4 + mbstd_num_channels, c4, 3, 4, activation="lrelu", conv_clamp=conv_clamp
         )
         self.fc = EqualLinear(
-            c4 * 16, c4, activation="lrelu", weight_gain=_LRELU_GAIN, act_gain=1.0
+            c4 * 4 * _frame(4, aspect)[1],
+            c4,
+            activation="lrelu",
+            weight_gain=_LRELU_GAIN,
+            act_gain=1.0,
         )
         self.out = EqualLinear(c4, 1, weight_gain=_LRELU_GAIN)
 
@@ -925,10 +987,10 @@ class Discriminator(nn.Module):
         return dict(self._kwargs)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        """``img [B, img_channels, R, R]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""
-        if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.resolution, self.resolution):
+        """``img [B, img_channels, R, W]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""
+        if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.resolution, self.width):
             raise ValueError(
-                f"img must be [B, {self.img_channels}, {self.resolution}, {self.resolution}], got {list(img.shape)}"
+                f"img must be [B, {self.img_channels}, {self.resolution}, {self.width}], got {list(img.shape)}"
             )
         x = self.from_rgb(img)
         for blk in self.blocks:

@@ -224,6 +224,7 @@ class ModelSlot:
             "default": self.name == default,
             "loaded": self.gen is not None,
             "resolution": res,
+            "aspect": self.gen.aspect if self.gen is not None else None,
             "card": read_card(self.file),
         }
 
@@ -232,9 +233,9 @@ class ModelSlot:
         with self.lock:
             if self.gen is None:
                 gen = GarmentGenerator.from_checkpoint(self.spec, device=device)
-                r = gen.resolution
+                h, w = gen.height, gen.width
                 for n in sorted({1, max(1, warmup)}):
-                    gen.generate_tensors(torch.ones(n, 1, r, r), torch.zeros(n, 3, r, r))
+                    gen.generate_tensors(torch.ones(n, 1, h, w), torch.zeros(n, 3, h, w))
                 self.gen = gen
             return self.gen
 

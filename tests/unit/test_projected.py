@@ -317,7 +317,7 @@ def test_state_dict_round_trip_excludes_feature_net(disc64):
     disc64(_rand_img(8, 64, seed=1))  # move batch-norm statistics and spectral-norm vectors
     disc64.eval()
     config = disc64.get_config()
-    assert all(isinstance(v, (int, float, bool)) for v in config.values())
+    assert all(isinstance(v, (int, float, bool, str)) for v in config.values())  # plain values
     fresh = ProjectedDiscriminator(**{**config, "seed": 7})  # other projections until loaded
     img = _rand_img(4, 64, seed=2)
     fresh.eval()

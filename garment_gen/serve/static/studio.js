@@ -90,7 +90,8 @@ async function loadModels() {
   const show = () => {
     const m = data.models.find((x) => x.name === sel.value);
     state.model = m.name;
-    $("#model-res").textContent = m.resolution ? `${m.resolution} px` : "";
+    const aspect = m.aspect && m.aspect !== "1:1" ? `, ${m.aspect}` : "";
+    $("#model-res").textContent = m.resolution ? `${m.resolution} px${aspect}` : "";
     const body = $("#model-card-body");
     body.innerHTML = "";
     const card = m.card || {};
