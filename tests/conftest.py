@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -201,3 +202,31 @@ def tiny_garment_model(tiny_chain) -> Path:
     """``garment_model.pt``: tiny encoders (feature injection, cross pairs) fitted a few steps on
     the tiny generator, with the segmenter."""
     return tiny_chain["garment_model"]
+
+
+@pytest.fixture(scope="session")
+def portrait_data(tmp_path_factory, sample_root) -> Path:
+    """A 3:4 dataset of 40 of the bundled sample's garments (their photos and masks)."""
+    from garment_gen.prepare import PrepareConfig, prepare
+
+    base = tmp_path_factory.mktemp("portrait")
+    photos, masks = base / "photos", base / "masks"
+    photos.mkdir()
+    masks.mkdir()
+    for f in sorted((sample_root / "photos").glob("*.png"))[:40]:
+        shutil.copy(f, photos / f.name)
+        shutil.copy(sample_root / "masks" / f.name, masks / f.name)
+    out = base / "data34"
+    prepare(
+        PrepareConfig(
+            input_dir=str(photos),
+            output_dir=str(out),
+            resolution=64,
+            mask_dir=str(masks),
+            aspect="3:4",
+            val_fraction=0.2,
+            test_fraction=0.25,
+            workers=1,
+        )
+    )
+    return out

@@ -3,7 +3,6 @@ portrait model trained, generated from, exported and reloaded end to end."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,34 +147,6 @@ def test_portrait_networks_round_trip_and_square_files_still_load(tmp_path):
 
 
 # ----------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def portrait_data(tmp_path_factory, sample_root) -> Path:
-    """A 3:4 dataset of 40 of the bundled sample's garments (their photos and masks)."""
-    from garment_gen.prepare import PrepareConfig, prepare
-
-    base = tmp_path_factory.mktemp("portrait")
-    photos, masks = base / "photos", base / "masks"
-    photos.mkdir()
-    masks.mkdir()
-    for f in sorted((sample_root / "photos").glob("*.png"))[:40]:
-        shutil.copy(f, photos / f.name)
-        shutil.copy(sample_root / "masks" / f.name, masks / f.name)
-    out = base / "data34"
-    prepare(
-        PrepareConfig(
-            input_dir=str(photos),
-            output_dir=str(out),
-            resolution=64,
-            mask_dir=str(masks),
-            aspect="3:4",
-            val_fraction=0.2,
-            test_fraction=0.25,
-            workers=1,
-        )
-    )
-    return out
 
 
 def test_a_portrait_model_trains_generates_exports_and_reloads(portrait_data, tmp_path):
