@@ -149,19 +149,25 @@ def test_portrait_networks_round_trip_and_square_files_still_load(tmp_path):
 # ----------------------------------------------------------------- end to end
 
 
-def test_a_portrait_model_trains_generates_exports_and_reloads(portrait_data, tmp_path):
-    from garment_gen.evaluate import evaluate
-    from garment_gen.export import export
-    from garment_gen.inference import GarmentGenerator
+@pytest.fixture(scope="module")
+def portrait_model(portrait_data, tmp_path_factory) -> Path:
+    """The smoke chain (a few steps per stage) trained on the 3:4 dataset: garment_model.pt."""
     from garment_gen.pipeline import compose_pipeline, run_pipeline
 
+    out = tmp_path_factory.mktemp("portrait_model")
     p = compose_pipeline(
-        "smoke",
-        [f"pipeline.out={tmp_path / 'model'}", f"pipeline.data={portrait_data}", *TINY_CHAIN],
+        "smoke", [f"pipeline.out={out}", f"pipeline.data={portrait_data}", *TINY_CHAIN]
     )
-    summary = run_pipeline(p)
-    model_file = Path(summary["runs"]["encoders"]) / "garment_model.pt"
-    gen = GarmentGenerator.from_checkpoint(model_file)
+    return Path(run_pipeline(p)["runs"]["encoders"]) / "garment_model.pt"
+
+
+def test_a_portrait_model_generates_exports_and_reloads(portrait_model, portrait_data, tmp_path):
+    from garment_gen.evaluate import evaluate
+    from garment_gen.export import export
+    from garment_gen.generate import labelled_grid
+    from garment_gen.inference import GarmentGenerator
+
+    gen = GarmentGenerator.from_checkpoint(portrait_model)
     assert gen.aspect == "3:4" and (gen.height, gen.width) == (64, 48)
     assert gen.generator.width == 48 and gen.segmenter is not None
 
@@ -171,7 +177,7 @@ def test_a_portrait_model_trains_generates_exports_and_reloads(portrait_data, tm
     texture = np.full((120, 160, 3), (200, 40, 40), np.uint8)  # a swatch, landscape
     out = gen.generate(Image.fromarray(mask), Image.fromarray(texture))
     assert out.size == (48, 64)
-    grid = __import__("garment_gen.generate", fromlist=["x"]).labelled_grid(
+    grid = labelled_grid(
         gen.shape_tensor(mask).cpu(),
         gen.texture_tensor(texture).cpu(),
         gen.generate(mask, texture, output="tensor").cpu()[None],
@@ -180,11 +186,18 @@ def test_a_portrait_model_trains_generates_exports_and_reloads(portrait_data, tm
     )
     assert grid.shape[:2] == (2 + 2 * 66, 2 + 2 * 50)
 
-    res = export(str(model_file), format="torchscript", out=str(tmp_path / "model.ts"))
-    assert res["aspect"] == "3:4" and res["max_abs_diff"] <= 1e-4
-    ts = torch.jit.load(str(tmp_path / "model.ts"))
     m, t = gen.shape_tensor(mask), gen.texture_tensor(texture)
+    for fmt, name in (("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        res = export(str(portrait_model), format=fmt, out=str(tmp_path / name))
+        assert res["aspect"] == "3:4" and res["max_abs_diff"] <= 1e-3, res
+    ts = torch.jit.load(str(tmp_path / "model.ts"))
     assert ts(m, t).shape == (1, 3, 64, 48)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    (onnx_out,) = sess.run(None, dict(zip(names, (m.numpy(), t.numpy()), strict=True)))
+    assert onnx_out.shape == (1, 3, 64, 48)
 
     metrics = evaluate(
         gen,
@@ -199,6 +212,30 @@ def test_a_portrait_model_trains_generates_exports_and_reloads(portrait_data, tm
     )
     assert metrics["aspect"] == "3:4" and metrics["n"] >= 2
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    with pytest.raises(Exception, match="its images are 1:1, the model draws 3:4"):
+        evaluate(gen, split="test", max_samples=4, realism="none")  # the square bundled sample
+
+
+def test_the_studio_serves_a_portrait_model(portrait_model):
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from garment_gen.inference import GarmentGenerator
+    from garment_gen.serve.app import ServeSettings, create_app
+
+    gen = GarmentGenerator.from_checkpoint(portrait_model)
+    app = create_app(ServeSettings(max_grid=2), generator=gen)
+    with TestClient(app) as c:
+        models = c.get("/api/models").json()["models"]
+        assert any(m.get("aspect") == "3:4" for m in models)
+        samples = c.get("/api/samples").json()["samples"]
+        r = c.post(
+            "/api/generate",
+            data={"shape_id": samples[0]["id"], "texture_id": samples[1]["id"]},
+        )
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (48, 64)
 
 
 def test_realism_of_one_image_is_nan_not_a_crash():
