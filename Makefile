@@ -44,8 +44,14 @@ format: install
 	$(PY) -m ruff format garment_gen tests bench scripts
 	$(PY) -m ruff check --fix garment_gen tests bench scripts
 
+# make sample: the bundled square sample; make sample ASPECT=3:4 SAMPLE_OUT=data/sample64_3x4: the
+# same garments in portrait frames (never over the bundled square one, which the tests use)
+ASPECT ?= 1:1
+SAMPLE_OUT ?= garment_gen/assets/sample64
 sample: install
-	$(PY) -m garment_gen.prepare input_dir=$(CLOTHING) output_dir=garment_gen/assets/sample64 \
+	@if [ "$(ASPECT)" != "1:1" ] && [ "$(SAMPLE_OUT)" = "garment_gen/assets/sample64" ]; then \
+		echo "error: ASPECT=$(ASPECT) needs SAMPLE_OUT=FOLDER (the bundled sample stays square)"; exit 2; fi
+	$(PY) -m garment_gen.prepare input_dir=$(CLOTHING) output_dir=$(SAMPLE_OUT) aspect=$(ASPECT) \
 		resolution=64 "max_per_group={train: 32, validation: 4, test: 4}" overwrite=true
 
 bench: install
