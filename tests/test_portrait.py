@@ -132,18 +132,12 @@ def test_portrait_networks_round_trip_and_square_files_still_load(tmp_path):
             g.synthesis(ws, noise_mode="const"), g2.synthesis(ws, noise_mode="const")
         )
     # a file written before aspects existed (no "aspect" in its config) is a square model
-    from garment_gen.inference import GarmentGenerator
+    from garment_gen.inference import GarmentGenerator, pretrained_path
 
     gen = GarmentGenerator.from_pretrained("reference")
     assert gen.aspect == "1:1" and (gen.height, gen.width) == (64, 64)
-    assert (
-        "aspect"
-        not in torch.load(
-            Path(__import__("garment_gen").__file__).parent
-            / "assets/models/reference/garment_model.pt",
-            weights_only=True,
-        )["config"]["generator"]
-    )
+    shipped = torch.load(pretrained_path("reference"), weights_only=True)
+    assert "aspect" not in shipped["config"]["generator"]
 
 
 # ----------------------------------------------------------------- end to end

@@ -106,11 +106,6 @@ def _check_aspect(aspect: Any) -> str:
     return aspect
 
 
-def _frame(resolution: int, aspect: str) -> tuple[int, int]:
-    """``(height, width)`` of a block ``resolution`` high (every block's width is whole)."""
-    return frame_size(resolution, aspect)
-
-
 def _check_positive(**values: Any) -> None:
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -528,7 +523,7 @@ class SynthesisNetwork(nn.Module):
         self.aspect = aspect
         log2 = int(math.log2(resolution))
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
-        self.block_sizes = {r: _frame(r, aspect) for r in self.block_resolutions}
+        self.block_sizes = {r: frame_size(r, aspect) for r in self.block_resolutions}
         self.width = self.block_sizes[resolution][1]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
         self.channels = channels  # activation channels of the block at each resolution
@@ -942,7 +937,7 @@ class Discriminator(nn.Module):
                 f"channel_base={channel_base} gives no channels at resolution {resolution}; use >= {resolution}"
             )
         self.resolution, self.img_channels = resolution, img_channels
-        self.aspect, self.width = aspect, _frame(resolution, aspect)[1]
+        self.aspect, self.width = aspect, frame_size(resolution, aspect)[1]
         self.mbstd_group_size, self.mbstd_num_channels = mbstd_group_size, mbstd_num_channels
         self._kwargs: dict[str, Any] = dict(
             resolution=int(resolution),
@@ -974,7 +969,7 @@ class Discriminator(nn.Module):
             c4 + mbstd_num_channels, c4, 3, 4, activation="lrelu", conv_clamp=conv_clamp
         )
         self.fc = EqualLinear(
-            c4 * 4 * _frame(4, aspect)[1],
+            c4 * 4 * frame_size(4, aspect)[1],
             c4,
             activation="lrelu",
             weight_gain=_LRELU_GAIN,
