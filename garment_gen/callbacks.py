@@ -97,6 +97,10 @@ class CpuTimeBudget(pl.Callback):
     discriminator does not look through), saves the sample grid as
     ``probe/cpu<minutes>min.png`` and appends a row to ``probe/probe.csv`` (CPU minutes, wall
     minutes, kimg, fd_vgg, kid_vgg). The probe's own CPU time is not counted against the budget.
+
+    The minutes used so far and the next probe are in the checkpoint: a run resumed with
+    ``ckpt_path=`` goes on counting from where it stopped (the CPU time between the last
+    checkpoint and the stop is lost, as the training steps of that time are).
     """
 
     def __init__(
@@ -116,17 +120,38 @@ class CpuTimeBudget(pl.Callback):
         self._start_cpu = 0.0
         self._start_wall = 0.0
         self._excluded = 0.0
+        self._used_before = 0.0  # CPU-minutes of the run before it was resumed
+        self._wall_before = 0.0
         self._next_probe = probe_every
         self._last_probe = -1.0
         self._metric = None
         self._reals: torch.Tensor | None = None
 
     def cpu_minutes(self) -> float:
-        return (time.process_time() - self._start_cpu - self._excluded) / 60
+        """CPU-minutes of training so far (resumes included, probes excluded)."""
+        return self._used_before + (time.process_time() - self._start_cpu - self._excluded) / 60
+
+    def wall_minutes(self) -> float:
+        return self._wall_before + (time.monotonic() - self._start_wall) / 60
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {
+            "cpu_min": self.cpu_minutes(),
+            "wall_min": self.wall_minutes(),
+            "next_probe": self._next_probe,
+            "last_probe": self._last_probe,
+        }
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self._used_before = float(state["cpu_min"])
+        self._wall_before = float(state["wall_min"])
+        self._next_probe = state["next_probe"]
+        self._last_probe = float(state["last_probe"])
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start_cpu = time.process_time()
         self._start_wall = time.monotonic()
+        self._excluded = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         used = self.cpu_minutes()
@@ -170,7 +195,7 @@ class CpuTimeBudget(pl.Callback):
         values = {k: float(v) for k, v in metric.compute_all().items()}
         row = {
             "cpu_min": round(used, 3),
-            "wall_min": round((time.monotonic() - self._start_wall) / 60, 3),
+            "wall_min": round(self.wall_minutes(), 3),
             "kimg": round(float(getattr(pl_module, "kimg", 0.0)), 3),
             **{k: round(v, 5) for k, v in values.items()},
         }

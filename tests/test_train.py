@@ -156,6 +156,9 @@ def test_projected_pretrain_resume_is_exact(compose_cfg):
         "model.discriminator.feature_size=32",
         "callbacks.model_checkpoint.every_n_batches=2",
         "trainer.max_steps=4",
+        # the A/B's CPU-time budget (no probes here) resumes with the run
+        "+callbacks.cpu_budget._target_=garment_gen.callbacks.CpuTimeBudget",
+        "+callbacks.cpu_budget.probe_every=null",
     ]
     cfg = compose_cfg(base)
     first, _ = _fit(cfg)
@@ -164,12 +167,16 @@ def test_projected_pretrain_resume_is_exact(compose_cfg):
     keys = " ".join(ckpt["state_dict"])
     assert int(ckpt["state_dict"]["nimg"]) == int(first.nimg) > 0
     assert "D." in keys and "features" not in keys and "trunk" not in keys, keys[:500]
+    (budget_state,) = [v for k, v in ckpt["callbacks"].items() if "CpuTimeBudget" in k]
+    assert budget_state["cpu_min"] > 0
     same, trainer2 = _fit(cfg, ckpt_path=str(ckpt_path))
     _assert_resumed_exactly(same, trainer2, ckpt)
     with open_dict(cfg):
         cfg.trainer.max_steps = 8
-    more, _ = _fit(cfg, ckpt_path=str(ckpt_path))
+    more, trainer3 = _fit(cfg, ckpt_path=str(ckpt_path))
     assert int(more.nimg) > int(ckpt["state_dict"]["nimg"])
+    (budget,) = [c for c in trainer3.callbacks if type(c).__name__ == "CpuTimeBudget"]
+    assert budget.cpu_minutes() > budget_state["cpu_min"]  # counted on from the checkpoint
 
 
 def test_interrupted_checkpoint_save_keeps_previous(tmp_path, monkeypatch):

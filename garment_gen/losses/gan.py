@@ -11,6 +11,14 @@ Two objectives share the table:
 * ``kind="hinge"`` (Projected GAN): hinge loss; R1 and path length are usually off
   (``r1_gamma: 0``, ``pl_weight: 0``: a phase whose weight is 0 is not in the table).
 
+With ``reuse_fakes`` the generator's phases run first and the discriminator's step reuses the
+batch of fakes the generator's step drew (as PyTorch's DCGAN example does): one generator
+forward per batch instead of two. When the discriminator splits into a part without trainable
+parameters (``D.embed``: the projected D's frozen feature network and fixed projections) and the
+rest (``D.score``), the fakes' embedding is reused too, so the D step runs only the trainable
+heads on them. The D step then sees the fakes of the generator before its update, one step
+staler than without reuse.
+
 Images are float NCHW in ``[-1, 1]``; logits any shape (their mean is taken).
 """
 
@@ -80,6 +88,8 @@ class GANLoss:
         g_reg_interval: path length every this many batches.
         pl_batch_shrink: the path-length batch is the batch divided by this.
         pl_decay: decay of the running mean path length.
+        reuse_fakes: run the G phases first and let the D step reuse their fakes (and the
+            fakes' embedding, see the module docstring) instead of drawing new ones.
     """
 
     def __init__(
@@ -91,6 +101,7 @@ class GANLoss:
         g_reg_interval: int,
         pl_batch_shrink: int,
         pl_decay: float,
+        reuse_fakes: bool = False,
     ):
         if kind not in _LOSSES:
             raise ConfigError(f"loss.kind={kind!r}: expected one of {', '.join(_LOSSES)}")
@@ -104,19 +115,21 @@ class GANLoss:
         self.g_reg_interval = int(g_reg_interval)
         self.pl_batch_shrink = max(1, int(pl_batch_shrink))
         self.pl_decay = float(pl_decay)
+        self.reuse_fakes = bool(reuse_fakes)
         self.d_loss_fn, self.g_loss_fn = _LOSSES[kind]
+        self._fakes: Any = None  # the G step's detached embedding of its fakes (reuse_fakes)
 
     # ------------------------------------------------------------------ the table
 
     def phases(self) -> list[Phase]:
         """The phases in run order (a regulariser with weight 0 is left out)."""
-        table = [Phase("Dmain", "D", 1, self.d_main)]
+        d_phases = [Phase("Dmain", "D", 1, self.d_main)]
         if self.r1_gamma > 0:
-            table.append(Phase("Dreg", "D", self.d_reg_interval, self.d_reg))
-        table.append(Phase("Gmain", "G", 1, self.g_main))
+            d_phases.append(Phase("Dreg", "D", self.d_reg_interval, self.d_reg))
+        g_phases = [Phase("Gmain", "G", 1, self.g_main)]
         if self.pl_weight > 0:
-            table.append(Phase("Greg", "G", self.g_reg_interval, self.g_reg))
-        return table
+            g_phases.append(Phase("Greg", "G", self.g_reg_interval, self.g_reg))
+        return g_phases + d_phases if self.reuse_fakes else d_phases + g_phases
 
     def reg_interval(self, net: str) -> int:
         """The lazy-regularisation interval of ``net``'s optimizer (0 when it has no reg phase)."""
@@ -132,11 +145,14 @@ class GANLoss:
     # ------------------------------------------------------------------ the phases
 
     def d_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        """D on augmented reals and (detached) fakes."""
-        with torch.no_grad():
-            fake_img = parts.G(parts.sample_z(real_img.shape[0]))
+        """D on augmented reals and (detached) fakes: new ones, or the G step's (``reuse_fakes``)."""
+        fake_emb, self._fakes = self._fakes, None
+        if fake_emb is None:
+            with torch.no_grad():
+                fake_img = parts.G(parts.sample_z(real_img.shape[0]))
+                fake_emb = _embed(parts.D, parts.augment_images(fake_img))
         real_logits = parts.D(parts.augment_images(real_img))
-        fake_logits = parts.D(parts.augment_images(fake_img))
+        fake_logits = _score(parts.D, fake_emb)
         loss = self.d_loss_fn(real_logits, fake_logits)
         logs: Logs = {
             "train/d_loss": loss.detach(),
@@ -157,7 +173,10 @@ class GANLoss:
     def g_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """G through the augmented D (``w_avg`` tracks the batch's mean w)."""
         fake_img = parts.G(parts.sample_z(real_img.shape[0]), update_w_avg=True)
-        loss = self.g_loss_fn(parts.D(parts.augment_images(fake_img)))
+        fake_emb = _embed(parts.D, parts.augment_images(fake_img))
+        loss = self.g_loss_fn(_score(parts.D, fake_emb))
+        if self.reuse_fakes:
+            self._fakes = _detach(fake_emb)
         return loss, {"train/g_loss": loss.detach()}
 
     def g_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -174,6 +193,25 @@ class GANLoss:
         return f"GANLoss({self.kind}, phases={[p.name for p in self.phases()]})"
 
 
+def _embed(D: nn.Module, img: torch.Tensor) -> Any:
+    """``D.embed(img)`` (the part of D without trainable parameters), or ``img`` itself."""
+    embed = getattr(D, "embed", None)
+    return embed(img) if embed is not None else img
+
+
+def _score(D: nn.Module, emb: Any) -> torch.Tensor:
+    """``D.score(emb)``: logits of an :func:`_embed` output (``D(emb)`` for a plain D)."""
+    score = getattr(D, "score", None)
+    return score(emb) if score is not None else D(emb)
+
+
+def _detach(emb: Any) -> Any:
+    if isinstance(emb, (list, tuple)):
+        return [t.detach() for t in emb]
+    return emb.detach()
+
+
 def describe(loss: Any) -> str:
     """One line for the log: the kind and the phases with their intervals."""
-    return f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases())
+    reuse = "; the D step reuses the G step's fakes" if getattr(loss, "reuse_fakes", False) else ""
+    return f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases()) + reuse

@@ -251,11 +251,23 @@ class ProjectedDiscriminator(nn.Module):
     def config(self) -> dict[str, Any]:
         return self.get_config()
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        """``img [B, 3, R, R]`` float in ``[-1, 1]`` -> patch logits ``[B, num_logits]``."""
+    def embed(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """The part with no trainable parameters: frozen features, then the fixed projection.
+
+        ``img [B, 3, R, R]`` in ``[-1, 1]`` -> 4 mixed maps (finest first). Because nothing in it
+        trains, a detached embedding of fakes computed for the generator's step is exactly what
+        the discriminator's step would compute again (``GANLoss(reuse_fakes=True)`` uses that).
+        """
         if img.ndim != 4 or img.shape[1:] != (3, self.height, self.width):
             raise ValueError(
                 f"img must be [B, 3, {self.height}, {self.width}], got {list(img.shape)}"
             )
-        mixed = self.projection(self.features(img))
+        return self.projection(self.features(img))
+
+    def score(self, mixed: list[torch.Tensor]) -> torch.Tensor:
+        """The trainable per-scale discriminators: :meth:`embed`'s maps -> logits ``[B, num_logits]``."""
         return torch.cat([d(m) for d, m in zip(self.discs, mixed, strict=True)], dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """``img [B, 3, R, R]`` float in ``[-1, 1]`` -> patch logits ``[B, num_logits]``."""
+        return self.score(self.embed(img))

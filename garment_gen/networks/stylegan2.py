@@ -981,6 +981,14 @@ class Discriminator(nn.Module):
         """Constructor kwargs that rebuild this discriminator (plain Python values)."""
         return dict(self._kwargs)
 
+    def embed(self, img: torch.Tensor) -> torch.Tensor:
+        """The part with no trainable parameters: none here, the image itself."""
+        return img
+
+    def score(self, img: torch.Tensor) -> torch.Tensor:
+        """Logits of :meth:`embed`'s output (the whole network)."""
+        return self(img)
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """``img [B, img_channels, R, W]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.resolution, self.width):
