@@ -79,6 +79,16 @@ class BatchCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        """The best-so-far snapshot needs its metric; a run that never logs it (``model.realism=
+        null`` in pretrain) keeps only ``last.ckpt`` instead of failing at an epoch's end."""
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            if not getattr(self, "_said_no_monitor", False):
+                log.info("no %s logged: only last.ckpt is kept", self.monitor)
+                self._said_no_monitor = True
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def on_train_end(self, trainer, pl_module) -> None:
         """``last.ckpt`` holds the state training ended with (step limit, time box, threshold),
         not the one of the last multiple of ``every_n_batches``."""
@@ -123,7 +133,7 @@ class CpuTimeBudget(pl.Callback):
         self._used_before = 0.0  # CPU-minutes of the run before it was resumed
         self._wall_before = 0.0
         self._next_probe = probe_every
-        self._last_probe = -1.0
+        self._last_kimg = -1.0  # no second probe of the same generator when training ends
         self._metric = None
         self._reals: torch.Tensor | None = None
 
@@ -139,14 +149,14 @@ class CpuTimeBudget(pl.Callback):
             "cpu_min": self.cpu_minutes(),
             "wall_min": self.wall_minutes(),
             "next_probe": self._next_probe,
-            "last_probe": self._last_probe,
+            "last_kimg": self._last_kimg,
         }
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
         self._used_before = float(state["cpu_min"])
         self._wall_before = float(state["wall_min"])
         self._next_probe = state["next_probe"]
-        self._last_probe = float(state["last_probe"])
+        self._last_kimg = float(state.get("last_kimg", -1.0))
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start_cpu = time.process_time()
@@ -166,7 +176,8 @@ class CpuTimeBudget(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         used = self.cpu_minutes()
-        if self.probe_every is not None and used - self._last_probe > 0.05:
+        kimg = float(getattr(pl_module, "kimg", 0.0))
+        if self.probe_every is not None and kimg != self._last_kimg:
             self.probe(trainer, pl_module, used, log_metrics=False)
 
     @torch.no_grad()
@@ -179,7 +190,7 @@ class CpuTimeBudget(pl.Callback):
         from garment_gen.utils.images import grid, save_png
 
         t0 = time.process_time()
-        self._last_probe = used
+        self._last_kimg = float(getattr(pl_module, "kimg", 0.0))
         if self._metric is None:
             self._metric = RealismMetric("fd_vgg", size=self.probe_size)
             dm = trainer.datamodule

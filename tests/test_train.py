@@ -234,3 +234,34 @@ def test_latest_picks_the_newest_export_and_says_when_there_is_none(compose_cfg,
     cfg = compose_cfg(["stage=encoders", "model.generator=latest", "loss.segmenter=latest"])
     _resolve_artefacts(cfg)
     assert cfg.model.generator == str(new) and cfg.loss.segmenter == str(seg)
+
+
+def test_cpu_time_budget_probes_then_stops(compose_cfg):
+    """The A/B callback stops a run at its CPU-minute budget and probes realism on the way:
+    one row per probe in probe.csv (kimg growing), a sample grid per probe, no second probe of
+    an unchanged generator at the end."""
+    cfg = compose_cfg(
+        TINY_PRETRAIN
+        + [
+            "trainer.max_steps=400",  # a ceiling; the budget ends the run first
+            "+callbacks.cpu_budget._target_=garment_gen.callbacks.CpuTimeBudget",
+            "+callbacks.cpu_budget.minutes=0.06",
+            "+callbacks.cpu_budget.probe_every=0.02",
+            "+callbacks.cpu_budget.n_probe=8",
+        ]
+    )
+    module, trainer = _fit(cfg)
+    assert "CPU-time budget" in module.stop_reason
+    (budget,) = [c for c in trainer.callbacks if type(c).__name__ == "CpuTimeBudget"]
+    assert 0.06 <= budget.cpu_minutes() < 0.5
+    probe = Path(cfg.paths.output_dir) / "probe"
+    lines = (probe / "probe.csv").read_text().splitlines()
+    assert lines[0] == "cpu_min,wall_min,kimg,fd_vgg,kid_vgg"
+    rows = [
+        dict(zip(lines[0].split(","), map(float, r.split(",")), strict=True)) for r in lines[1:]
+    ]
+    assert len(rows) >= 2
+    kimgs = [r["kimg"] for r in rows]
+    assert kimgs == sorted(kimgs) and len(set(kimgs)) == len(kimgs)  # no duplicate final probe
+    assert all(r["fd_vgg"] > 0 and r["kid_vgg"] == r["kid_vgg"] for r in rows)
+    assert len(list(probe.glob("cpu*min.png"))) == len(rows)

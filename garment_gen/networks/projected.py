@@ -16,6 +16,13 @@ through a frozen, pretrained feature network instead of learning its own feature
    4x4 convolutions with batch norm and leaky ReLU(0.2) down to 4x4 (a stride-1 3x3 block where
    the map is already that small), then a 3x3 convolution to one channel of patch logits.
    All their convolutions are spectrally normalised, as in the paper's code.
+5. **Pixel scale** (``pixel_scale=True``; our addition, not in the paper): one more patch
+   discriminator of the same kind on the image itself. ImageNet features are trained to ignore
+   colour shifts, and on their own they let the generator drift into colour casts (blue or
+   magenta garments on green backgrounds after a few kimg at 64 px) that no scale sees; the
+   pixel scale sees colours directly. It has no batch norm (see :class:`ScaleDiscriminator`:
+   a colour cast all fakes share would be normalised away). It costs ~50 MFLOP per 64 px
+   image (the trunk ~600).
 
 Only the per-scale discriminators have parameters; the feature network is not in the state dict
 (it is rebuilt from its package, see :mod:`garment_gen.networks.feature_nets`).
@@ -50,6 +57,7 @@ __all__ = [
 
 _LRELU_SLOPE = 0.2
 _PATCH_SIZE = 4  # the per-scale discriminators downsample to this side before the logit conv
+NORMS = ("batch", "none")
 
 
 class ProjectedConfigError(ConfigError, ValueError):
@@ -130,19 +138,34 @@ class ScaleDiscriminator(nn.Module):
     (one stride-1 3x3 block instead if ``S <= 4``), then a 3x3 conv gives one logit per
     position of the final ``s x s`` map (``s = 4`` for ``S`` = 4 * 2^k). Block widths at side
     ``r`` are ``min(channel_base // r, channel_max)``.
+
+    ``norm="batch"`` (the paper's) normalises each block over the batch it is given; ``"none"``
+    leaves only the spectral norm. Batch norm over a batch of fakes alone subtracts what all of
+    them share (a colour cast is a per-channel shift after the first conv) and rescales away how
+    little they vary (collapse), so the scale cannot see either; without it, it can.
     """
 
     def __init__(
-        self, in_channels: int, size: int, channel_base: int, channel_max: int, sn: bool
+        self,
+        in_channels: int,
+        size: int,
+        channel_base: int,
+        channel_max: int,
+        sn: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ProjectedConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         layers: list[nn.Module] = []
         c_in = in_channels
 
         def block(c_out: int, k: int, stride: int, padding: int) -> None:
             nonlocal c_in
-            layers.append(_conv(c_in, c_out, k, stride, padding, bias=False, sn=sn))
-            layers.extend([nn.BatchNorm2d(c_out), nn.LeakyReLU(_LRELU_SLOPE, inplace=True)])
+            layers.append(_conv(c_in, c_out, k, stride, padding, bias=norm == "none", sn=sn))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(_LRELU_SLOPE, inplace=True))
             c_in = c_out
 
         if size <= _PATCH_SIZE:
@@ -177,6 +200,9 @@ class ProjectedDiscriminator(nn.Module):
             ``min(channel_base // r, channel_max)`` (the paper's code: 4096 and 512).
         spectral_norm: spectrally normalise the per-scale discriminators' convolutions.
         seed: seed of the random CCM / CSM weights.
+        pixel_scale: add a patch discriminator on the image itself (see the module docstring).
+        norm: ``batch`` (the paper's) or ``none`` in the feature scales' discriminators (see
+            :class:`ScaleDiscriminator`); the pixel scale has none.
 
     Only the per-scale discriminators are trainable; the random projections are buffers in the
     state dict; the feature network is in neither (rebuilt from its package). The feature
@@ -196,6 +222,8 @@ class ProjectedDiscriminator(nn.Module):
         img_channels: int = 3,
         seed: int = 0,
         aspect: str = DEFAULT_ASPECT,
+        pixel_scale: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         _check_int("resolution", resolution, 8)
@@ -211,6 +239,8 @@ class ProjectedDiscriminator(nn.Module):
         _check_int("channel_base", channel_base, 1)
         _check_int("channel_max", channel_max, 1)
         _check_int("seed", seed, 0)
+        if norm not in NORMS:
+            raise ProjectedConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if img_channels != 3:
             raise ProjectedConfigError(
                 f"img_channels must be 3 (ImageNet feature network), got {img_channels!r}"
@@ -226,6 +256,8 @@ class ProjectedDiscriminator(nn.Module):
             img_channels=3,
             seed=int(seed),
             aspect=aspect,
+            pixel_scale=bool(pixel_scale),
+            norm=str(norm),
         )
         self.resolution, self.img_channels = resolution, 3
         try:
@@ -236,9 +268,14 @@ class ProjectedDiscriminator(nn.Module):
             self.features.channels, proj_channels, bool(proj_expand), seed
         )
         sizes = [feature_size // s for s in self.features.strides]
+        channels = list(self.projection.out_channels)
+        norms = [norm] * len(sizes)
+        if pixel_scale:  # the image itself, as the finest "scale"; never batch-normalised
+            sizes, channels, norms = [self.height, *sizes], [3, *channels], ["none", *norms]
+        self.pixel_scale = bool(pixel_scale)
         self.discs = nn.ModuleList(
-            ScaleDiscriminator(c, s, channel_base, channel_max, bool(spectral_norm))
-            for c, s in zip(self.projection.out_channels, sizes, strict=True)
+            ScaleDiscriminator(c, s, channel_base, channel_max, bool(spectral_norm), n)
+            for c, s, n in zip(channels, sizes, norms, strict=True)
         )
         aw, ah = parse_aspect(aspect)  # the patch maps keep the image's aspect: 4 x 3 at 3:4
         self.num_logits = sum(d.out_size * (d.out_size * aw // ah) for d in self.discs)
@@ -254,7 +291,8 @@ class ProjectedDiscriminator(nn.Module):
     def embed(self, img: torch.Tensor) -> list[torch.Tensor]:
         """The part with no trainable parameters: frozen features, then the fixed projection.
 
-        ``img [B, 3, R, R]`` in ``[-1, 1]`` -> 4 mixed maps (finest first). Because nothing in it
+        ``img [B, 3, R, R]`` in ``[-1, 1]`` -> 4 mixed maps (finest first), preceded by ``img``
+        itself with ``pixel_scale``. Because nothing in it
         trains, a detached embedding of fakes computed for the generator's step is exactly what
         the discriminator's step would compute again (``GANLoss(reuse_fakes=True)`` uses that).
         """
@@ -262,7 +300,8 @@ class ProjectedDiscriminator(nn.Module):
             raise ValueError(
                 f"img must be [B, 3, {self.height}, {self.width}], got {list(img.shape)}"
             )
-        return self.projection(self.features(img))
+        mixed = self.projection(self.features(img))
+        return [img, *mixed] if self.pixel_scale else mixed
 
     def score(self, mixed: list[torch.Tensor]) -> torch.Tensor:
         """The trainable per-scale discriminators: :meth:`embed`'s maps -> logits ``[B, num_logits]``."""

@@ -355,6 +355,33 @@ def test_gradients_reach_the_input_image(disc64):
     disc64.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_pixel_scale_sees_the_image_without_batch_norm(norm):
+    """``pixel_scale`` adds a fifth patch D on the image itself (16 more logits at 64 px), never
+    batch-normalised; ``norm`` sets the feature scales' normalisation."""
+    kw = dict(feature_size=64, proj_channels=8, channel_base=256, channel_max=32, norm=norm)
+    plain = ProjectedDiscriminator(64, **kw)
+    d = ProjectedDiscriminator(64, pixel_scale=True, **kw)
+    assert d.num_logits == plain.num_logits + 16 and len(d.discs) == 5
+
+    def has_bn(m):
+        return any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+    assert not has_bn(d.discs[0])
+    assert all(has_bn(s) == (norm == "batch") for s in d.discs[1:])
+    emb = d.embed(_rand_img(2, 64))
+    assert len(emb) == 5 and emb[0].shape == (2, 3, 64, 64)
+    # a batch-wide colour cast moves the pixel scale's logits (batch norm would subtract it)
+    d.train()
+    img = _rand_img(6, 64, seed=4) * 0.5
+    cast = img + torch.tensor([0.4, -0.3, 0.4]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        pix, pix_cast = d.discs[0](img), d.discs[0](cast)
+    assert (pix - pix_cast).abs().mean() > 1e-3
+    with pytest.raises(ProjectedConfigError, match="norm"):
+        ProjectedDiscriminator(64, norm="group")
+
+
 def test_wide_heads_match_plain_convolutions(monkeypatch):
     """Wide per-scale D convs take the CPU im2col path of ``networks.ops``: same gradients."""
     calls = []
