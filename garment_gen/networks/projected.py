@@ -47,6 +47,7 @@ from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size, parse_aspect
 from garment_gen.errors import ConfigError
 from garment_gen.networks import ops
 from garment_gen.networks.feature_nets import EfficientNetLite0Features
+from garment_gen.networks.stylegan2 import minibatch_stddev
 
 __all__ = [
     "ProjectedDiscriminator",
@@ -131,6 +132,21 @@ def _conv(c_in: int, c_out: int, k: int, stride: int, padding: int, bias: bool, 
     return _spectral_norm(conv) if sn else conv
 
 
+class MinibatchStd(nn.Module):
+    """:func:`~garment_gen.networks.stylegan2.minibatch_stddev` as a layer: ``[B, C, H, W]`` ->
+    ``[B, C + 1, H, W]``, the last channel the std-dev over groups of ``group_size`` samples."""
+
+    def __init__(self, group_size: int) -> None:
+        super().__init__()
+        self.group_size = int(group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return minibatch_stddev(x, self.group_size, 1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"
+
+
 class ScaleDiscriminator(nn.Module):
     """Patch discriminator on one mixed feature map: ``[B, C, S, S]`` -> logits ``[B, s*s]``.
 
@@ -143,6 +159,10 @@ class ScaleDiscriminator(nn.Module):
     leaves only the spectral norm. Batch norm over a batch of fakes alone subtracts what all of
     them share (a colour cast is a per-channel shift after the first conv) and rescales away how
     little they vary (collapse), so the scale cannot see either; without it, it can.
+
+    ``mbstd_group_size > 0`` appends StyleGAN2's minibatch standard deviation (over groups of
+    that many samples) as one more channel before the logit conv: a batch of fakes that are
+    all alike (mode collapse) is then visible to the scale.
     """
 
     def __init__(
@@ -153,6 +173,7 @@ class ScaleDiscriminator(nn.Module):
         channel_max: int,
         sn: bool,
         norm: str = "batch",
+        mbstd_group_size: int = 0,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -173,6 +194,9 @@ class ScaleDiscriminator(nn.Module):
         while size > _PATCH_SIZE:
             size //= 2
             block(min(channel_base // size, channel_max), 4, 2, 1)
+        if mbstd_group_size > 0:
+            layers.append(MinibatchStd(mbstd_group_size))
+            c_in += 1
         layers.append(_conv(c_in, 1, 3, 1, 1, bias=True, sn=sn))
         self.main = nn.Sequential(*layers)
         self.out_size = size
@@ -203,6 +227,8 @@ class ProjectedDiscriminator(nn.Module):
         pixel_scale: add a patch discriminator on the image itself (see the module docstring).
         norm: ``batch`` (the paper's) or ``none`` in the feature scales' discriminators (see
             :class:`ScaleDiscriminator`); the pixel scale has none.
+        mbstd_group_size: minibatch standard deviation before every scale's logits (0: off;
+            not in the paper), so that a collapsed batch of fakes shows.
 
     Only the per-scale discriminators are trainable; the random projections are buffers in the
     state dict; the feature network is in neither (rebuilt from its package). The feature
@@ -224,9 +250,11 @@ class ProjectedDiscriminator(nn.Module):
         aspect: str = DEFAULT_ASPECT,
         pixel_scale: bool = False,
         norm: str = "batch",
+        mbstd_group_size: int = 0,
     ) -> None:
         super().__init__()
         _check_int("resolution", resolution, 8)
+        _check_int("mbstd_group_size", mbstd_group_size, 0)
         try:
             self.height, self.width = frame_size(resolution, aspect)
         except ValueError as exc:
@@ -258,6 +286,7 @@ class ProjectedDiscriminator(nn.Module):
             aspect=aspect,
             pixel_scale=bool(pixel_scale),
             norm=str(norm),
+            mbstd_group_size=int(mbstd_group_size),
         )
         self.resolution, self.img_channels = resolution, 3
         try:
@@ -274,7 +303,9 @@ class ProjectedDiscriminator(nn.Module):
             sizes, channels, norms = [self.height, *sizes], [3, *channels], ["none", *norms]
         self.pixel_scale = bool(pixel_scale)
         self.discs = nn.ModuleList(
-            ScaleDiscriminator(c, s, channel_base, channel_max, bool(spectral_norm), n)
+            ScaleDiscriminator(
+                c, s, channel_base, channel_max, bool(spectral_norm), n, mbstd_group_size
+            )
             for c, s, n in zip(channels, sizes, norms, strict=True)
         )
         aw, ah = parse_aspect(aspect)  # the patch maps keep the image's aspect: 4 x 3 at 3:4

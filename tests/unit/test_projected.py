@@ -382,6 +382,25 @@ def test_pixel_scale_sees_the_image_without_batch_norm(norm):
         ProjectedDiscriminator(64, norm="group")
 
 
+@pytest.mark.parametrize("mbstd", [0, 4])
+def test_minibatch_std_lets_a_scale_see_a_collapsed_batch(mbstd):
+    """With ``mbstd_group_size`` an image's logits depend on how alike its batch is: the same
+    image scores differently among copies of itself than among other images (without it, and
+    without batch norm, an image's logits are its own)."""
+    d = ProjectedDiscriminator(
+        64, feature_size=64, proj_channels=8, channel_base=256, channel_max=32,
+        pixel_scale=True, mbstd_group_size=mbstd,
+    )  # fmt: skip
+    pixel = d.discs[0].eval()
+    img = _rand_img(4, 64, seed=5)
+    collapsed = img[:1].expand(4, -1, -1, -1)
+    with torch.no_grad():
+        diverse_logits, collapsed_logits = pixel(img)[0], pixel(collapsed)[0]
+    moved = (diverse_logits - collapsed_logits).abs().max()
+    assert (moved > 1e-4) if mbstd else (moved < 1e-6)
+    assert d(img).shape == (4, d.num_logits)
+
+
 def test_wide_heads_match_plain_convolutions(monkeypatch):
     """Wide per-scale D convs take the CPU im2col path of ``networks.ops``: same gradients."""
     calls = []
