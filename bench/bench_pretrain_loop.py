@@ -22,6 +22,14 @@ enters each network). ``data`` is the time between batches (loader + Lightning's
     python bench/bench_pretrain_loop.py --gan projected stylegan2 --threads 1 2
     python bench/bench_pretrain_loop.py --gan projected --threads 1 --profile
     python bench/bench_pretrain_loop.py --gan projected --override model.discriminator.feature_size=96
+    python bench/bench_pretrain_loop.py --case "stylegan2 gan=stylegan2" \
+        --case "recipe gan=projected loss.reuse_fakes=true model.discriminator.pixel_scale=true"
+
+``--case "NAME OVERRIDE ..."`` (repeatable) names a case by its own overrides, instead of one case
+per ``--gan`` value. Each case also reports its FLOPs per image (``FlopCounterMode``: the convs and
+matmuls of one warm-up batch, forward and backward) and the achieved GFLOP per CPU-second as a
+share of one thread's ``--matmul-size`` matmul GFLOP/s measured in the same run (the machine's
+practical peak per core).
 """
 
 from __future__ import annotations
@@ -71,7 +79,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops (self CPU)")
     p.add_argument("--profile-rows", type=int, default=30)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--case",
+        action="append",
+        default=None,
+        metavar="'NAME OVERRIDE ...'",
+        help="a named case with its own Hydra overrides (repeatable; replaces --gan)",
+    )
+    p.add_argument("--matmul-size", type=int, default=2048)
     return p.parse_args(argv)
+
+
+def parse_cases(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Case name -> its overrides: ``--case`` values, else one case per ``--gan``."""
+    if not args.case:
+        return {gan: [f"gan={gan}"] for gan in args.gan}
+    cases: dict[str, list[str]] = {}
+    for text in args.case:
+        name, *overrides = text.split()
+        cases[name] = overrides
+    return cases
+
+
+def matmul_gflops_1thread(size: int, reps: int = 5) -> float:
+    """Median GFLOP per CPU-second of one ``size``-square fp32 matmul on one thread (the
+    practical peak of one core)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):  # CPU time, as the loop's: robust to other jobs on the machine
+        t = clock()
+        torch.mm(a, b)
+        times.append(clock() - t)
+    torch.set_num_threads(old)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 # ----------------------------------------------------------------------------- CPU-time ledger
@@ -217,6 +260,8 @@ class LoopTimer(pl.Callback):
         self.batch_s: list[float] = []
         self.phase_s: list[dict[str, float]] = []
         self.prof = None
+        self.flops: int | None = None  # of the last warm-up batch
+        self._counter = None
 
     def on_train_start(self, trainer, module) -> None:
         for name, opt in zip(("G", "D"), trainer.optimizers, strict=True):
@@ -233,6 +278,11 @@ class LoopTimer(pl.Callback):
         self.prev_end = clock()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.seen == self.warmup - 1 and self.flops is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
         if self.seen == self.warmup:
             self.ledger.totals.clear()
             if self.profile:
@@ -244,6 +294,10 @@ class LoopTimer(pl.Callback):
         self.ledger.add("data + loop", self.start - self.prev_end)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops = self._counter.get_total_flops()
+            self._counter = None
         end = clock()
         if self.seen >= self.warmup:
             self.batch_s.append(end - self.prev_end)
@@ -258,11 +312,11 @@ class LoopTimer(pl.Callback):
 # ----------------------------------------------------------------------------- one case
 
 
-def build(args: argparse.Namespace, gan: str):
-    """The composed config, PretrainModule and GarmentDataModule of one ``--gan`` choice."""
+def build(args: argparse.Namespace, case: list[str]):
+    """The composed config, PretrainModule and GarmentDataModule of one case's overrides."""
     overrides = [
         f"model={args.model}",
-        f"gan={gan}",
+        *case,
         "model.sample_every_n_batches=0",
         f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers}",
@@ -308,6 +362,7 @@ def run_case(module, datamodule, args, threads: int, root: Path) -> dict[str, An
         trainer.fit(module, datamodule=datamodule)
     return {
         "threads_seen": torch.get_num_threads(),
+        "flops_per_batch": timer.flops,
         "batch_s": timer.batch_s,
         "phases": {k: v / max(1, len(timer.batch_s)) for k, v in ledger.totals.items()},
         "profile": timer.prof,
@@ -317,7 +372,9 @@ def run_case(module, datamodule, args, threads: int, root: Path) -> dict[str, An
 # ----------------------------------------------------------------------------- report
 
 
-def print_case(name: str, batch: int, runs: list[dict], profile_rows: int) -> dict[str, Any]:
+def print_case(
+    name: str, batch: int, runs: list[dict], profile_rows: int, peak: float
+) -> dict[str, Any]:
     times = [t for r in runs for t in r["batch_s"]]
     mean = statistics.fmean(times)
     per_round = [batch / statistics.fmean(r["batch_s"]) for r in runs]
@@ -331,6 +388,15 @@ def print_case(name: str, batch: int, runs: list[dict], profile_rows: int) -> di
         + ", ".join(f"{v:.2f}" for v in per_round)
         + f"; kimg per CPU-hour {3.6 * batch / mean:.2f})"
     )
+    flops = next((r["flops_per_batch"] for r in runs if r["flops_per_batch"]), None)
+    share = None
+    if flops:
+        share = flops / mean / 1e9 / peak
+        print(
+            f"   {flops / batch / 1e9:.2f} GFLOP/img (convs + matmuls, forward + backward), "
+            f"{flops / mean / 1e9:.1f} GFLOP per CPU-second = {share:.2f} of one thread's "
+            f"matmul ({peak:.1f} GFLOP/s)"
+        )
     accounted = sum(phases.values())
     rows = sorted(phases.items(), key=lambda kv: -kv[1])
     rows.append(("(unaccounted: toggles, zero_grad, logging)", mean - accounted))
@@ -349,6 +415,8 @@ def print_case(name: str, batch: int, runs: list[dict], profile_rows: int) -> di
         "img_per_cpu_s": batch / mean,
         "img_per_cpu_s_rounds": per_round,
         "cpu_s_per_batch": mean,
+        "gflop_per_img": None if not flops else flops / batch / 1e9,
+        "share_of_matmul_peak": share,
         "phases_cpu_s_per_batch": dict(phases),
     }
 
@@ -361,25 +429,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_interop_threads(args.interop)
     tuned = False if args.no_malloc_tune else keep_freed_memory()
     root = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_pretrain_loop"
-    built = {gan: build(args, gan) for gan in args.gan}
+    cases = parse_cases(args)
+    built = {name: build(args, overrides) for name, overrides in cases.items()}
+    peak = matmul_gflops_1thread(args.matmul_size)
     runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for _ in range(args.rounds):
-        for gan in args.gan:
-            _, module, datamodule = built[gan]
+        for name in cases:
+            _, module, datamodule = built[name]
             for threads in args.threads:
-                runs[(gan, threads)].append(run_case(module, datamodule, args, threads, root))
+                runs[(name, threads)].append(run_case(module, datamodule, args, threads, root))
+    peak = (peak + matmul_gflops_1thread(args.matmul_size)) / 2  # before and after: the load
     print(
         f"torch {torch.__version__}, batch {args.batch}, model {args.model}, data "
         f"{args.data or 'sample64'}, workers {args.workers}, malloc_tuned {tuned}, "
-        f"interop {torch.get_num_interop_threads()}, overrides {args.override}"
+        f"interop {torch.get_num_interop_threads()}, overrides {args.override}, "
+        f"one thread's {args.matmul_size}-square matmul {peak:.1f} GFLOP/s"
     )
-    for gan in args.gan:
-        print(f"{gan}: phases {[p.name for p in built[gan][1].gan_loss.phases()]}")
+    for name, overrides in cases.items():
+        print(
+            f"{name}: {' '.join(overrides)}; phases "
+            f"{[p.name for p in built[name][1].gan_loss.phases()]}"
+        )
     results = []
-    for (gan, threads), case_runs in runs.items():
-        name = f"gan={gan} threads={threads} (seen {case_runs[0]['threads_seen']})"
-        res = print_case(name, args.batch, case_runs, args.profile_rows)
-        res.update(gan=gan, threads=threads)
+    for (case, threads), case_runs in runs.items():
+        name = f"{case} threads={threads} (seen {case_runs[0]['threads_seen']})"
+        res = print_case(name, args.batch, case_runs, args.profile_rows, peak)
+        res.update(case=case, overrides=cases[case], threads=threads)
         results.append(res)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
