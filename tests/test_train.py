@@ -265,3 +265,40 @@ def test_cpu_time_budget_probes_then_stops(compose_cfg):
     assert kimgs == sorted(kimgs) and len(set(kimgs)) == len(kimgs)  # no duplicate final probe
     assert all(r["fd_vgg"] > 0 and r["kid_vgg"] == r["kid_vgg"] for r in rows)
     assert len(list(probe.glob("cpu*min.png"))) == len(rows)
+
+
+def test_collapse_guard_exports_the_best_snapshot(compose_cfg, tmp_path):
+    """With a kept best-realism snapshot better than the last validation, generator.pt is that
+    snapshot's G_ema and generator_last.pt the final one; otherwise generator.pt is the last."""
+    from types import SimpleNamespace
+
+    from garment_gen.networks.stylegan2 import load_generator
+
+    cfg = compose_cfg(TINY_PRETRAIN)
+    _, module, _ = build(cfg)
+    best_state = {f"G_ema.{k}": v + 0.5 for k, v in module.G_ema.state_dict().items()}
+    ckpt = tmp_path / "best_fd.ckpt"
+    torch.save({"state_dict": best_state}, ckpt)
+    cb = SimpleNamespace(
+        monitor="val/fd", best_model_path=str(ckpt), best_model_score=torch.tensor(30.0)
+    )
+    fake_trainer = SimpleNamespace(
+        callback_metrics={"val/fd": torch.tensor(50.0)}, checkpoint_callbacks=[cb]
+    )
+    module._trainer = fake_trainer
+    out = tmp_path / "export"
+    out.mkdir()
+    module.export(out)
+    best, last = load_generator(out / "generator.pt"), load_generator(out / "generator_last.pt")
+    for k, v in module.G_ema.state_dict().items():
+        assert torch.equal(best.state_dict()[k], best_state[f"G_ema.{k}"]), k
+        assert torch.equal(last.state_dict()[k], v), k
+
+    # the last is at least as good: it is what generator.pt holds, and no generator_last.pt
+    fake_trainer.callback_metrics["val/fd"] = torch.tensor(20.0)
+    out2 = tmp_path / "export2"
+    out2.mkdir()
+    module.export(out2)
+    assert not (out2 / "generator_last.pt").exists()
+    g = load_generator(out2 / "generator.pt")
+    assert all(torch.equal(g.state_dict()[k], v) for k, v in module.G_ema.state_dict().items())

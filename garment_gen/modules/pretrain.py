@@ -29,6 +29,7 @@ from garment_gen.metrics import RealismMetric
 from garment_gen.modules.base import StageModule, plain
 from garment_gen.networks.stylegan2 import export_generator
 from garment_gen.utils.images import grid, log_image, save_png
+from garment_gen.utils.safe_load import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class PretrainModule(StageModule):
         sample_every_n_batches / n_samples: sample grids from fixed latents.
         realism: ``{backend: auto|fid|fd_vgg, size}``: the validation metric, computed on a
             network the discriminator does not look through; None disables it.
+        export_best: the collapse guard: ``generator.pt`` is the G_ema of the snapshot with the
+            best validation realism (the checkpoint callback keeps it) when that is better than
+            the last; the last one is then written too, as ``generator_last.pt``.
     """
 
     stage_name = "pretrain"
@@ -75,6 +79,7 @@ class PretrainModule(StageModule):
         n_samples: int = 16,
         realism: DictConfig | dict | None = None,
         compile: bool = False,
+        export_best: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -94,6 +99,7 @@ class PretrainModule(StageModule):
                 "n_samples": n_samples,
                 "realism": plain(realism),
                 "compile": compile,
+                "export_best": export_best,
             }
         )
         self.automatic_optimization = False
@@ -273,10 +279,41 @@ class PretrainModule(StageModule):
         return {"kimg": self.kimg}
 
     def export(self, output_dir: str | Path) -> Path:
-        """Write ``generator.pt`` (G_ema weights + config) into ``output_dir``."""
+        """Write ``generator.pt`` (G_ema weights + config) into ``output_dir``: the best
+        snapshot's G_ema with ``export_best`` when it beats the last (see the class docstring)."""
         path = Path(output_dir) / "generator.pt"
-        export_generator(self.G_ema, path)
+        best = self._best_snapshot() if self.hparams.get("export_best", True) else None
+        if best is None:
+            export_generator(self.G_ema, path)
+            return path
+        ckpt_path, best_score, last_score = best
+        state = safe_torch_load(ckpt_path)["state_dict"]
+        g = copy.deepcopy(self.G_ema)
+        g.load_state_dict(
+            {k[len("G_ema.") :]: v for k, v in state.items() if k.startswith("G_ema.")}
+        )
+        export_generator(g, path, meta={"snapshot": Path(ckpt_path).name, "val_fd": best_score})
+        export_generator(self.G_ema, Path(output_dir) / "generator_last.pt")
+        log.info(
+            "collapse guard: generator.pt is the best snapshot %s (val/fd %.2f; the last %.2f is "
+            "generator_last.pt)", Path(ckpt_path).name, best_score, last_score,
+        )  # fmt: skip
         return path
+
+    def _best_snapshot(self) -> tuple[str, float, float] | None:
+        """(path, its val/fd, the last val/fd) of the kept best snapshot, if it beats the last."""
+        if self._trainer is None:
+            return None
+        last = self.trainer.callback_metrics.get("val/fd")
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "monitor", None) != "val/fd" or not cb.best_model_path:
+                continue
+            if cb.best_model_score is None or not Path(cb.best_model_path).is_file():
+                continue
+            best = float(cb.best_model_score)
+            if last is None or best < float(last):
+                return cb.best_model_path, best, float("nan") if last is None else float(last)
+        return None
 
 
 @torch.no_grad()
