@@ -211,7 +211,7 @@ class CpuTimeBudget(pl.Callback):
             **{k: round(v, 5) for k, v in values.items()},
         }
         out = Path(trainer.default_root_dir) / "probe"
-        save_png(grid(fakes[:64], nrow=8), out / f"cpu{used:06.1f}min.png")
+        save_png(grid(fakes[:64], nrow=8), out / f"cpu{row['cpu_min']:08.3f}min.png")
         table = out / "probe.csv"
         new = not table.exists()
         with open(table, "a") as f:

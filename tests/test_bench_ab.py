@@ -48,7 +48,7 @@ def _arm(out: Path, name: str, rows: list[tuple[float, float, float, float]]) ->
     for cpu, kimg, fd, kid in rows:
         lines.append(f"{cpu},{cpu * 1.1},{kimg},{fd},{kid}")
         tile = np.full((40, 40, 3), int(fd) % 255, np.uint8)
-        Image.fromarray(tile).save(probe / f"cpu{cpu:06.1f}min.png")
+        Image.fromarray(tile).save(probe / f"cpu{cpu:08.3f}min.png")
     (probe / "probe.csv").write_text("\n".join(lines) + "\n")
 
 
