@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from garment_gen.errors import ConfigError
 from garment_gen.losses.adversarial import (
@@ -90,6 +91,12 @@ class GANLoss:
         pl_decay: decay of the running mean path length.
         reuse_fakes: run the G phases first and let the D step reuse their fakes (and the
             fakes' embedding, see the module docstring) instead of drawing new ones.
+        diversity_weight: weight of a mode-seeking term in Gmain (Mao et al. 2019, MSGAN):
+            the batch is split into pairs and G is penalised by ``1 / (ratio + 1e-5)``, where
+            ratio is the pair's mean absolute image difference at ``diversity_size`` px over
+            its mean absolute latent difference. 0 leaves it out.
+        diversity_size: the side the fakes are average-pooled to for that difference (the
+            coarse layout, so that a batch of one silhouette in many colours still pays).
     """
 
     def __init__(
@@ -102,6 +109,8 @@ class GANLoss:
         pl_batch_shrink: int,
         pl_decay: float,
         reuse_fakes: bool = False,
+        diversity_weight: float = 0.0,
+        diversity_size: int = 16,
     ):
         if kind not in _LOSSES:
             raise ConfigError(f"loss.kind={kind!r}: expected one of {', '.join(_LOSSES)}")
@@ -116,6 +125,13 @@ class GANLoss:
         self.pl_batch_shrink = max(1, int(pl_batch_shrink))
         self.pl_decay = float(pl_decay)
         self.reuse_fakes = bool(reuse_fakes)
+        if float(diversity_weight) < 0 or int(diversity_size) < 1:
+            raise ConfigError(
+                f"loss.diversity_weight={diversity_weight}, loss.diversity_size={diversity_size}:"
+                " expected a weight >= 0 and a size >= 1"
+            )
+        self.diversity_weight = float(diversity_weight)
+        self.diversity_size = int(diversity_size)
         self.d_loss_fn, self.g_loss_fn = _LOSSES[kind]
         self._fakes: Any = None  # the G step's detached embedding of its fakes (reuse_fakes)
 
@@ -172,12 +188,18 @@ class GANLoss:
 
     def g_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """G through the augmented D (``w_avg`` tracks the batch's mean w)."""
-        fake_img = parts.G(parts.sample_z(real_img.shape[0]), update_w_avg=True)
+        z = parts.sample_z(real_img.shape[0])
+        fake_img = parts.G(z, update_w_avg=True)
         fake_emb = _embed(parts.D, parts.augment_images(fake_img))
         loss = self.g_loss_fn(_score(parts.D, fake_emb))
+        logs: Logs = {"train/g_loss": loss.detach()}
         if self.reuse_fakes:
             self._fakes = _detach(fake_emb)
-        return loss, {"train/g_loss": loss.detach()}
+        if self.diversity_weight > 0 and z.shape[0] >= 2:
+            ms, ratio = mode_seeking_loss(fake_img, z, self.diversity_size)
+            loss = loss + self.diversity_weight * ms
+            logs["train/diversity"] = ratio.detach()
+        return loss, logs
 
     def g_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """Path-length regularisation on a smaller batch, scaled by its interval."""
@@ -191,6 +213,23 @@ class GANLoss:
 
     def __repr__(self) -> str:
         return f"GANLoss({self.kind}, phases={[p.name for p in self.phases()]})"
+
+
+def mode_seeking_loss(
+    img: torch.Tensor, z: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSGAN's mode-seeking term over the pairs (i, i + n/2) of a batch, and the mean ratio.
+
+    ratio = mean |pool(img_a) - pool(img_b)| / mean |z_a - z_b| per pair (images pooled to
+    ``size`` px); the term is the mean of ``1 / (ratio + 1e-5)``: large when two latents far
+    apart draw the same picture.
+    """
+    h = img.shape[0] // 2
+    small = F.adaptive_avg_pool2d(img, min(size, img.shape[-1])) if size < img.shape[-1] else img
+    d_img = (small[:h] - small[h : 2 * h]).abs().flatten(1).mean(1)
+    d_z = (z[:h] - z[h : 2 * h]).abs().flatten(1).mean(1)
+    ratio = d_img / d_z.clamp_min(1e-8)
+    return (1.0 / (ratio + 1e-5)).mean(), ratio.mean()
 
 
 def _embed(D: nn.Module, img: torch.Tensor) -> Any:
@@ -214,4 +253,8 @@ def _detach(emb: Any) -> Any:
 def describe(loss: Any) -> str:
     """One line for the log: the kind and the phases with their intervals."""
     reuse = "; the D step reuses the G step's fakes" if getattr(loss, "reuse_fakes", False) else ""
-    return f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases()) + reuse
+    weight = getattr(loss, "diversity_weight", 0.0)
+    ms = f"; mode seeking x{weight:g} at {loss.diversity_size} px" if weight > 0 else ""
+    return (
+        f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases()) + reuse + ms
+    )

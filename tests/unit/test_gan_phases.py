@@ -117,3 +117,58 @@ def test_reused_embedding_carries_no_graph_and_d_step_trains_only_the_heads():
     d_loss.backward()
     assert all(p.grad is None for p in parts.G.parameters())  # the D step never reaches G
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.D.parameters())
+
+
+def test_mode_seeking_term_rewards_latent_pairs_that_draw_different_pictures():
+    """MSGAN's term: big for a batch of one picture, small for distinct ones; its gradient
+    pushes the two halves of a collapsed batch apart; in Gmain it is added and logged."""
+    from garment_gen.losses.gan import mode_seeking_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    base = torch.rand(1, 3, 32, 32) * 2 - 1
+    collapsed = (base + 0.01 * torch.randn(8, 3, 32, 32)).requires_grad_(True)
+    varied = torch.rand(8, 3, 32, 32) * 2 - 1
+    ms_c, ratio_c = mode_seeking_loss(collapsed, z, 16)
+    ms_v, ratio_v = mode_seeking_loss(varied, z, 16)
+    assert ratio_c < 0.1 * ratio_v and ms_c > 10 * ms_v
+    ms_c.backward()
+    step = collapsed - 1e-3 * collapsed.grad  # one descent step increases the pairs' distance
+    _, ratio_after = mode_seeking_loss(step.detach(), z, 16)
+    assert ratio_after > ratio_c
+
+    class MeanD(nn.Module):  # a D without parameters: the loss is G's alone
+        def forward(self, x):
+            return x.mean((1, 2, 3))
+
+    parts = _Parts(MeanD())
+    plain = _loss()
+    ms = GANLoss(
+        kind="hinge",
+        r1_gamma=0.0,
+        d_reg_interval=16,
+        pl_weight=0.0,
+        g_reg_interval=4,
+        pl_batch_shrink=2,
+        pl_decay=0.01,
+        diversity_weight=0.5,
+        diversity_size=8,
+    )
+    torch.manual_seed(1)
+    loss_plain, logs_plain = plain.g_main(parts, torch.zeros(4, 3, RES, RES))
+    torch.manual_seed(1)
+    loss_ms, logs_ms = ms.g_main(parts, torch.zeros(4, 3, RES, RES))
+    assert "train/diversity" in logs_ms and "train/diversity" not in logs_plain
+    assert float(loss_ms) > float(loss_plain)
+    assert "mode seeking x0.5 at 8 px" in describe(ms)
+    with pytest.raises(Exception, match="diversity_weight"):
+        GANLoss(
+            kind="hinge",
+            r1_gamma=0,
+            d_reg_interval=1,
+            pl_weight=0,
+            g_reg_interval=1,
+            pl_batch_shrink=1,
+            pl_decay=0.01,
+            diversity_weight=-1,
+        )
