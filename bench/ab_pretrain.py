@@ -204,7 +204,10 @@ def _grid(out: Path, probes: dict[str, list[dict[str, float]]], minute: float) -
             continue
         probe = out / name / "probe"
         # the probe's own name (three decimals), or the one-decimal name of earlier runs
-        pngs = [probe / f"cpu{r['cpu_min']:08.3f}min.png", probe / f"cpu{r['cpu_min']:06.1f}min.png"]
+        pngs = [
+            probe / f"cpu{r['cpu_min']:08.3f}min.png",
+            probe / f"cpu{r['cpu_min']:06.1f}min.png",
+        ]
         png = next((p for p in pngs if p.is_file()), None)
         if png is None:
             continue

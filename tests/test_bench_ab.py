@@ -22,7 +22,9 @@ def ab():
 
 def test_shipped_spec_loads_and_arm_commands_resume(ab, tmp_path):
     spec = ab.load_spec(REPO / "bench" / "ab" / "projected_vs_stylegan2.yaml")
-    assert set(spec["arms"]) == {"stylegan2", "projected"} and spec["minutes"] >= 40
+    assert (
+        set(spec["arms"]) == {"stylegan2", "projected", "projected_nodiv"} and spec["minutes"] >= 40
+    )
     cmd = ab.arm_command(spec, "projected", tmp_path / "data", tmp_path / "out")
     assert "gan=projected" in cmd and f"hydra.run.dir={tmp_path / 'out' / 'projected'}" in cmd
     assert "data.num_workers=0" in cmd and not any(c.startswith("ckpt_path=") for c in cmd)

@@ -39,6 +39,7 @@ def test_pretrain_then_encoders_under_ddp(tmp_path):
     pre = run(
         tmp_path,
         "stage=pretrain",
+        "gan=stylegan2",
         "model=stylegan2_tiny",
         "debug=fast",
         "data.batch_size=4",

@@ -13,6 +13,7 @@ from tests.conftest import compose_config
 
 TINY = [
     "stage=pretrain",
+    "gan=stylegan2",
     "model=stylegan2_tiny",
     "debug=fast",
     "model.realism=null",
@@ -37,6 +38,19 @@ def test_optuna_search_composes(tmp_path):
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "val/lpips"
     assert set(cfg.hydra.sweeper.params) == {"loss.w_l2", "loss.w_lpips", "loss.threshold_first"}
+
+
+def test_pretrain_defaults_to_the_projected_discriminator_and_stylegan2_stays_selectable(tmp_path):
+    """The discriminator that wins the equal-CPU A/B is stage=pretrain's default; gan=stylegan2
+    swaps D, augmentation and loss back as one choice, and the other stages have no gan group."""
+    default = compose_config(["stage=pretrain"], tmp_path / "a", tmp_path)
+    assert default.model.discriminator._target_.endswith("ProjectedDiscriminator")
+    assert default.loss.r1_gamma == 0 and default.loss.reuse_fakes is True
+    sg2 = compose_config(["stage=pretrain", "gan=stylegan2"], tmp_path / "b", tmp_path)
+    assert sg2.model.discriminator._target_.endswith("stylegan2.Discriminator")
+    assert sg2.loss.r1_gamma > 0 and sg2.model.augment != default.model.augment
+    enc = compose_config(["stage=encoders"], tmp_path / "c", tmp_path)
+    assert "discriminator" not in enc.model
 
 
 def test_slurm_cluster_composes_and_trainer_follows_launcher(tmp_path):

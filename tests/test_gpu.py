@@ -39,6 +39,7 @@ def test_pretrain_and_encoders_steps_on_gpu(tmp_path, cuda):
     cfg = compose_config(
         [
             "stage=pretrain",
+            "gan=stylegan2",
             "model=stylegan2_tiny",
             "debug=fast",
             "trainer=gpu",

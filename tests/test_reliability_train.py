@@ -16,6 +16,7 @@ import torch
 
 TINY = [
     "stage=pretrain",
+    "gan=stylegan2",
     "model=stylegan2_tiny",
     "data.batch_size=4",
     "data.num_workers=0",
