@@ -358,6 +358,22 @@ def check_run_folder(argv: list[str], conf: Path) -> None:
         raise SystemExit(2)
 
 
+def check_gan_stage(argv: list[str]) -> None:
+    """``gan=`` chooses stage=pretrain's discriminator: on another stage it is one clear line
+    (Hydra would say the override has no match and suggest ``+gan=``, which breaks the stage)."""
+    gan = [a for a in argv if a.split("=", 1)[0].lstrip("+~") == "gan" and "=" in a]
+    stages = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "stage" and "=" in a]
+    items = {i.strip() for v in stages for i in v.split(",")}
+    if gan and items and items != {"pretrain"}:
+        other = ", ".join(sorted(items - {"pretrain"}))
+        print(
+            f"error: {gan[0]} chooses stage=pretrain's discriminator; stage={other} has none "
+            "(drop it, or run stage=pretrain)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def main() -> None:
     """``python -m garment_gen.train stage=...``: validate the stage, compose, train."""
     conf = conf_dir()
@@ -378,6 +394,7 @@ def main() -> None:
         "gan",
     ):
         check_group_choice(argv, conf, group, required=False)
+    check_gan_stage(argv)
 
     check_run_folder(argv, conf)
 

@@ -76,6 +76,15 @@ def test_cli_missing_required_value_one_line(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_cli_gan_on_another_stage_is_one_line(tmp_path):
+    res = run_train_cli(
+        "stage=encoders", "gan=projected", f"paths.log_dir={tmp_path}", cwd=tmp_path
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert "gan=projected" in line and "stage=encoders" in line and "+gan" not in line
+
+
 def test_cli_bad_data_root_one_line(tmp_path):
     res = run_train_cli(
         "stage=pretrain", f"data.root={tmp_path}", f"paths.log_dir={tmp_path}", cwd=tmp_path
