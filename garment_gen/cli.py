@@ -60,6 +60,13 @@ def group_options(conf: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
+def group_values(argv: list[str], group: str) -> list[str]:
+    """The values of ``group=...`` (also ``+group=``, ``~group=``) on the command line."""
+    return [
+        a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+~") == group
+    ]
+
+
 def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) -> None:
     """Validate ``group=value`` on the command line before Hydra composes anything.
 
@@ -67,9 +74,7 @@ def check_group_choice(argv: list[str], conf: Path, group: str, required: bool) 
     missing (and required) or unknown. Comma lists (multirun) are checked item by item.
     """
     options = group_options(conf, group)
-    values = [
-        a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == group and "=" in a
-    ]
+    values = group_values(argv, group)
     example = f"python -m garment_gen.train {group}=<{'|'.join(options)}>"
     if not values:
         if required:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from garment_gen import conf_dir
-from garment_gen.cli import _user_cause, check_group_choice, hydra_main, user_errors
+from garment_gen.cli import _user_cause, check_group_choice, group_values, hydra_main, user_errors
 from garment_gen.errors import ConfigError
 from garment_gen.modules.base import StageModule
 from garment_gen.utils.atomic import write_json_atomic
@@ -361,13 +361,12 @@ def check_run_folder(argv: list[str], conf: Path) -> None:
 def check_gan_stage(argv: list[str]) -> None:
     """``gan=`` chooses stage=pretrain's discriminator: on another stage it is one clear line
     (Hydra would say the override has no match and suggest ``+gan=``, which breaks the stage)."""
-    gan = [a for a in argv if a.split("=", 1)[0].lstrip("+~") == "gan" and "=" in a]
-    stages = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "stage" and "=" in a]
-    items = {i.strip() for v in stages for i in v.split(",")}
+    gan = group_values(argv, "gan")
+    items = {i.strip() for v in group_values(argv, "stage") for i in v.split(",")}
     if gan and items and items != {"pretrain"}:
         other = ", ".join(sorted(items - {"pretrain"}))
         print(
-            f"error: {gan[0]} chooses stage=pretrain's discriminator; stage={other} has none "
+            f"error: gan={gan[0]} chooses stage=pretrain's discriminator; stage={other} has none "
             "(drop it, or run stage=pretrain)",
             file=sys.stderr,
         )
