@@ -327,8 +327,9 @@ def build(args: argparse.Namespace, case: list[str]):
     cfg = compose("pretrain", overrides)
     torch.manual_seed(args.seed)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
+    extra = {"classes": datamodule.classes} if "conditional" in cfg.model else {}  # as train.build
     module = hydra.utils.instantiate(
-        cfg.model, resolution=datamodule.resolution, loss=cfg.loss, _recursive_=False
+        cfg.model, resolution=datamodule.resolution, loss=cfg.loss, _recursive_=False, **extra
     )
     return cfg, module, datamodule
 

@@ -159,12 +159,16 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     _resolve_artefacts(cfg)
     check_wandb(cfg)
     datamodule = _instantiate(cfg.data, _recursive_=False)
+    extra: dict[str, Any] = {}
+    if "conditional" in cfg.model:  # a stage that can train class-conditionally: the data's classes
+        extra["classes"] = check_classes(cfg, datamodule)
     module = _instantiate(
         cfg.model,
         resolution=datamodule.resolution,
         aspect=getattr(datamodule, "aspect", "1:1"),
         loss=cfg.get("loss"),
         _recursive_=False,
+        **extra,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -174,6 +178,21 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     return datamodule, module, trainer
+
+
+def check_classes(cfg: DictConfig, datamodule: Any) -> list[str]:
+    """The data's class names for ``model.conditional``; a conditional run on data that is only
+    partly labelled is one :class:`ConfigError` line (an unlabelled photo has no class to draw)."""
+    classes = list(getattr(datamodule, "classes", []))
+    unlabeled = int(getattr(datamodule, "unlabeled", 0))
+    if cfg.model.get("conditional") and len(classes) >= 2 and unlabeled:
+        raise ConfigError(
+            f"model.conditional=true: {unlabeled} photo(s) of data.root={datamodule.root} have no "
+            f"class (manifest.csv label; classes are the folders photos are prepared from: "
+            f"{', '.join(classes)}); put them in a class folder and prepare again, or set "
+            "model.conditional=false"
+        )
+    return classes
 
 
 def tune_cpu_malloc(cfg: DictConfig, trainer: pl.Trainer) -> bool:

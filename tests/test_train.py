@@ -158,10 +158,13 @@ def test_pretrain_resume_restores_everything(compose_cfg, tmp_path):
     assert not torch.equal(more.G_ema.state_dict()["w_avg"], ckpt["state_dict"]["G_ema.w_avg"])
 
 
-def test_projected_pretrain_resume_is_exact(compose_cfg):
+@pytest.mark.parametrize("conditional", [False, True])
+def test_projected_pretrain_resume_is_exact(compose_cfg, conditional):
     """gan=projected: the checkpoint holds the scale heads and Adam states, never the frozen
-    ImageNet trunk; resuming with no steps left reproduces the saved state, more steps go on."""
+    ImageNet trunk; resuming with no steps left reproduces the saved state, more steps go on.
+    model.conditional=true: the same for a class-conditional GAN over the sample's 8 classes."""
     base = TINY_PRETRAIN + [
+        f"model.conditional={str(conditional).lower()}",
         "gan=projected",
         "model.discriminator.feature_size=32",
         "callbacks.model_checkpoint.every_n_batches=2",
@@ -177,6 +180,8 @@ def test_projected_pretrain_resume_is_exact(compose_cfg):
     keys = " ".join(ckpt["state_dict"])
     assert int(ckpt["state_dict"]["nimg"]) == int(first.nimg) > 0
     assert "D." in keys and "features" not in keys and "trunk" not in keys, keys[:500]
+    assert ("G.class_embed.weight" in keys) == ("D.class_embed.weight" in keys) == conditional
+    assert first.G.c_dim == (8 if conditional else 0)
     (budget_state,) = [v for k, v in ckpt["callbacks"].items() if "CpuTimeBudget" in k]
     assert budget_state["cpu_min"] > 0
     same, trainer2 = _fit(cfg, ckpt_path=str(ckpt_path))
@@ -322,3 +327,42 @@ def test_collapse_guard_exports_the_best_snapshot(compose_cfg, tmp_path):
     assert not (out2 / "generator_last.pt").exists()
     g = load_generator(out2 / "generator.pt")
     assert all(torch.equal(g.state_dict()[k], v) for k, v in module.G_ema.state_dict().items())
+
+
+def _sample_with_labels(tmp_path: Path, label_of) -> Path:
+    """A copy of the bundled sample whose manifest labels are ``label_of(row_index, label)``."""
+    import csv
+    import shutil
+
+    from garment_gen import sample_dir
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir(), root)
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["label"] = label_of(i, row["label"])
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_cli_conditional_on_partly_labelled_data_is_one_line(tmp_path):
+    root = _sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
+    res = run_train_cli(
+        *TINY_PRETRAIN, "model.conditional=true", f"data.root={root}",
+        f"paths.log_dir={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert "model.conditional=true: 3 photo(s)" in line and "model.conditional=false" in line
+
+
+def test_conditional_on_one_class_trains_unconditionally(compose_cfg, tmp_path):
+    root = _sample_with_labels(tmp_path, lambda i, label: "dress")
+    cfg = compose_cfg(TINY_PRETRAIN + ["model.conditional=true", f"data.root={root}"])
+    _, module, _ = build(cfg)
+    assert module.G.c_dim == 0 and module.D.get_config().get("c_dim", 0) == 0
+    assert module.fixed_c is None

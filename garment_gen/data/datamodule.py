@@ -11,7 +11,13 @@ from torch.utils.data import DataLoader
 
 from garment_gen import sample_dir
 from garment_gen.data.aspect import frame_size
-from garment_gen.data.dataset import GarmentDataset, dataset_aspect, read_dataset_meta
+from garment_gen.data.dataset import (
+    GarmentDataset,
+    dataset_aspect,
+    dataset_classes,
+    read_dataset_meta,
+    read_manifest,
+)
 from garment_gen.data.occlusion import TextureConfig
 from garment_gen.errors import GarmentGenError
 
@@ -19,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class GarmentDataModule(pl.LightningDataModule):
-    """Prepared dataset -> train/validation/test loaders of ``{image, mask, texture, photo, id}``.
+    """Prepared dataset -> train/validation/test loaders of ``{image, mask, texture, photo, label, id}``.
 
     Args:
         root: a folder written by ``garment_gen.prepare``; ``None`` uses the bundled sample.
@@ -40,6 +46,9 @@ class GarmentDataModule(pl.LightningDataModule):
             dataset prepared before aspects existed is ``"1:1"``).
         resolution, height, width: the frame the batches have: ``[N, C, height, width]``,
             ``height == resolution``.
+        classes: the sorted class names (the ``label`` column of ``manifest.csv``, the folder
+            each photo was prepared from), numbered alike in every split; a batch's ``label``
+            indexes them (-1: none). ``unlabeled``: how many usable photos have no label.
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class GarmentDataModule(pl.LightningDataModule):
         if self.resolution < 8 or self.resolution & (self.resolution - 1):
             raise GarmentGenError(f"data.resolution={self.resolution}: must be a power of two")
         self.height, self.width = frame_size(self.resolution, self.aspect)
+        self.classes = dataset_classes(self.root)
+        self.unlabeled = sum(1 for r in read_manifest(self.root) if not r.get("label"))
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -95,6 +106,7 @@ class GarmentDataModule(pl.LightningDataModule):
                 texture_affine=self.texture_affine,
                 cache=self.cache,
                 seed=self.seed,
+                classes=self.classes,
             )
             if len(ds) == 0:
                 raise GarmentGenError(f"data.root={self.root}: the '{split}' split is empty")

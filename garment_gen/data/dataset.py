@@ -87,6 +87,12 @@ def read_manifest(root: str | Path, split: str | None = None) -> list[dict[str, 
     return rows
 
 
+def dataset_classes(root: str | Path) -> list[str]:
+    """The sorted class names (``label`` column of ``manifest.csv``: the folder each photo was
+    prepared from) over every split's usable rows; empty labels are not a class."""
+    return sorted({r.get("label") or "" for r in read_manifest(root)} - {""})
+
+
 def stable_seed(*parts: Any) -> int:
     """A seed that is the same in every process and run for the same parts."""
     return zlib.crc32("\0".join(str(p) for p in parts).encode())
@@ -113,6 +119,8 @@ class GarmentDataset(Dataset):
         ``mask``: float ``[1, H, W]`` in ``{0, 1}``, its shape;
         ``texture``: float ``[3, H, W]`` in ``[-1, 1]``, the garment occluded/cropped;
         ``photo``: float ``[3, H, W]``, the same crop with its real background;
+        ``label``: int, the index of the photo's class (its ``label`` in ``manifest.csv``, the
+        folder it was prepared from) in ``classes``; -1 when it has none;
         ``id``: str.
 
     ``resolution`` other than the dataset's own resizes on load (height = ``resolution``,
@@ -121,6 +129,9 @@ class GarmentDataset(Dataset):
     With ``augment=True`` (training) flips and textures are random; otherwise
     each sample's texture is fixed by its id and ``seed``, so validation metrics
     compare across runs.
+
+    ``classes`` (default: :func:`dataset_classes` of the whole dataset, so that every split
+    numbers them alike) are the class names in index order.
     """
 
     def __init__(
@@ -134,6 +145,7 @@ class GarmentDataset(Dataset):
         texture_affine: bool = True,
         cache: bool = True,
         seed: int = 0,
+        classes: list[str] | None = None,
     ):
         if split not in SPLITS:
             raise GarmentGenError(f"split={split}: must be one of {', '.join(SPLITS)}")
@@ -141,6 +153,9 @@ class GarmentDataset(Dataset):
         self.meta = read_dataset_meta(self.root)
         self.rows = read_manifest(self.root, split)
         self.split = split
+        self.classes = list(dataset_classes(self.root) if classes is None else classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = [index.get(r.get("label") or "", -1) for r in self.rows]
         self._check_files()
         self.native_resolution = int(self.meta["resolution"])
         self.aspect = dataset_aspect(self.meta, self.root)
@@ -246,6 +261,7 @@ class GarmentDataset(Dataset):
             "mask": to_tensor_mask(mask),
             "texture": to_tensor_image(texture),
             "photo": to_tensor_image(photo),
+            "label": self.labels[index],
             "id": row["id"],
         }
 

@@ -60,12 +60,14 @@ class GANParts(Protocol):
 
 @dataclass(frozen=True)
 class Phase:
-    """One row of the table: ``fn(parts, real_img) -> (loss, logs)`` updates ``net`` every ``interval`` batches."""
+    """One row of the table: ``fn(parts, real_img, real_c=None) -> (loss, logs)`` updates ``net``
+    every ``interval`` batches. ``real_c`` (the batch's class indices) is given to a
+    class-conditional GAN: the fakes are drawn for the same classes, and D sees the classes."""
 
     name: str
     net: str  # "G" or "D"
     interval: int
-    fn: Callable[[GANParts, torch.Tensor], tuple[torch.Tensor, Logs]]
+    fn: Callable[..., tuple[torch.Tensor, Logs]]
 
 
 _LOSSES = {
@@ -97,6 +99,11 @@ class GANLoss:
             its mean absolute latent difference. 0 leaves it out.
         diversity_size: the side the fakes are average-pooled to for that difference (the
             coarse layout, so that a batch of one silhouette in many colours still pays).
+        class_weight: a class-conditional GAN whose D has a class probe (``D.classify``, the
+            projected D): Dmain trains the probe on the reals' classes (cross-entropy) and
+            Gmain adds ``class_weight`` x the cross-entropy of the fakes' probe logits against
+            the classes they were drawn for (an auxiliary classifier on frozen ImageNet
+            features: the strong class signal a projection D alone does not give in CPU-minutes).
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class GANLoss:
         reuse_fakes: bool = False,
         diversity_weight: float = 0.0,
         diversity_size: int = 16,
+        class_weight: float = 0.0,
     ):
         if kind not in _LOSSES:
             raise ConfigError(f"loss.kind={kind!r}: expected one of {', '.join(_LOSSES)}")
@@ -132,6 +140,9 @@ class GANLoss:
             )
         self.diversity_weight = float(diversity_weight)
         self.diversity_size = int(diversity_size)
+        if not float(class_weight) >= 0:
+            raise ConfigError(f"loss.class_weight={class_weight}: expected a weight >= 0")
+        self.class_weight = float(class_weight)
         self.d_loss_fn, self.g_loss_fn = _LOSSES[kind]
         self._fakes: Any = None  # the G step's detached embedding of its fakes (reuse_fakes)
 
@@ -160,15 +171,22 @@ class GANLoss:
 
     # ------------------------------------------------------------------ the phases
 
-    def d_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+    def d_main(
+        self, parts: GANParts, real_img: torch.Tensor, real_c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Logs]:
         """D on augmented reals and (detached) fakes: new ones, or the G step's (``reuse_fakes``)."""
         fake_emb, self._fakes = self._fakes, None
         if fake_emb is None:
             with torch.no_grad():
-                fake_img = parts.G(parts.sample_z(real_img.shape[0]))
+                fake_img = _generate(parts.G, parts.sample_z(real_img.shape[0]), real_c)
                 fake_emb = _embed(parts.D, parts.augment_images(fake_img))
-        real_logits = parts.D(parts.augment_images(real_img))
-        fake_logits = _score(parts.D, fake_emb)
+        probe = _probe(parts.D, real_c)
+        if probe is None:
+            real_logits = _discriminate(parts.D, parts.augment_images(real_img), real_c)
+        else:
+            real_emb = _embed(parts.D, parts.augment_images(real_img))
+            real_logits = _score(parts.D, real_emb, real_c)
+        fake_logits = _score(parts.D, fake_emb, real_c)
         loss = self.d_loss_fn(real_logits, fake_logits)
         logs: Logs = {
             "train/d_loss": loss.detach(),
@@ -176,35 +194,55 @@ class GANLoss:
             "train/d_fake": fake_logits.detach().mean(),
             "_real_logits": real_logits.detach(),
         }
+        if probe is not None:  # the probe learns the reals' classes (always: DDP uses its weights)
+            class_logits = probe(real_emb)
+            ce = F.cross_entropy(class_logits, real_c)
+            loss = loss + ce
+            logs["train/class_real"] = ce.detach()
+            logs["train/class_acc_real"] = _accuracy(class_logits, real_c)
         return loss, logs
 
-    def d_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+    def d_reg(
+        self, parts: GANParts, real_img: torch.Tensor, real_c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Logs]:
         """Lazy R1 on reals, scaled by ``gamma / 2 * interval``."""
         real_req = real_img.detach().requires_grad_(True)
-        logits = parts.D(parts.augment_images(real_req))
+        logits = _discriminate(parts.D, parts.augment_images(real_req), real_c)
         r1 = r1_penalty(logits, real_req)
         loss = r1 * (self.r1_gamma / 2) * self.d_reg_interval + logits.mean() * 0
         return loss, {"train/r1": r1.detach()}
 
-    def g_main(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+    def g_main(
+        self, parts: GANParts, real_img: torch.Tensor, real_c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Logs]:
         """G through the augmented D (``w_avg`` tracks the batch's mean w)."""
         z = parts.sample_z(real_img.shape[0])
-        fake_img = parts.G(z, update_w_avg=True)
+        fake_img = _generate(parts.G, z, real_c, update_w_avg=True)
         fake_emb = _embed(parts.D, parts.augment_images(fake_img))
-        loss = self.g_loss_fn(_score(parts.D, fake_emb))
+        loss = self.g_loss_fn(_score(parts.D, fake_emb, real_c))
         logs: Logs = {"train/g_loss": loss.detach()}
         if self.reuse_fakes:
             self._fakes = _detach(fake_emb)
+        probe = _probe(parts.D, real_c)
+        if probe is not None and self.class_weight > 0:
+            class_logits = probe(fake_emb)
+            ce = F.cross_entropy(class_logits, real_c)
+            loss = loss + self.class_weight * ce
+            logs["train/class_fake"] = ce.detach()
+            logs["train/class_acc_fake"] = _accuracy(class_logits, real_c)
         if self.diversity_weight > 0 and z.shape[0] >= 2:
             ms, ratio = mode_seeking_loss(fake_img, z, self.diversity_size)
             loss = loss + self.diversity_weight * ms
             logs["train/diversity"] = ratio.detach()
         return loss, logs
 
-    def g_reg(self, parts: GANParts, real_img: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+    def g_reg(
+        self, parts: GANParts, real_img: torch.Tensor, real_c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Logs]:
         """Path-length regularisation on a smaller batch, scaled by its interval."""
         n = max(1, real_img.shape[0] // self.pl_batch_shrink)
-        ws = parts.G.mapping(parts.sample_z(n))
+        z = parts.sample_z(n)
+        ws = parts.G.mapping(z) if real_c is None else parts.G.mapping(z, c=real_c[:n])
         img = parts.G.synthesis(ws)
         penalty, lengths, new_mean = path_length_penalty(img, ws, parts.pl_mean, self.pl_decay)
         parts.pl_mean.copy_(new_mean)
@@ -232,16 +270,39 @@ def mode_seeking_loss(
     return (1.0 / (ratio + 1e-5)).mean(), ratio.mean()
 
 
+def _generate(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, **kw: Any) -> torch.Tensor:
+    """``G(z)``, for the classes ``c`` when the GAN is class-conditional (``c`` not None)."""
+    return G(z, **kw) if c is None else G(z, c=c, **kw)
+
+
+def _probe(D: nn.Module, c: torch.Tensor | None) -> Callable[[Any], torch.Tensor] | None:
+    """The class probe of a conditional D (``D.classify``), when classes are given and D has one."""
+    classify = getattr(D, "classify", None)
+    if c is None or classify is None or not getattr(D, "c_dim", 0):
+        return None
+    return classify
+
+
+def _accuracy(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(dim=1) == c).float().mean()
+
+
+def _discriminate(D: nn.Module, img: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """``D(img)``, for the classes ``c`` of a class-conditional D."""
+    return D(img) if c is None else D(img, c)
+
+
 def _embed(D: nn.Module, img: torch.Tensor) -> Any:
     """``D.embed(img)`` (the part of D without trainable parameters), or ``img`` itself."""
     embed = getattr(D, "embed", None)
     return embed(img) if embed is not None else img
 
 
-def _score(D: nn.Module, emb: Any) -> torch.Tensor:
-    """``D.score(emb)``: logits of an :func:`_embed` output (``D(emb)`` for a plain D)."""
-    score = getattr(D, "score", None)
-    return score(emb) if score is not None else D(emb)
+def _score(D: nn.Module, emb: Any, c: torch.Tensor | None = None) -> torch.Tensor:
+    """``D.score(emb)``: logits of an :func:`_embed` output (``D(emb)`` for a plain D), for the
+    classes ``c`` of a class-conditional D."""
+    score = getattr(D, "score", None) or D
+    return score(emb) if c is None else score(emb, c)
 
 
 def _detach(emb: Any) -> Any:
@@ -255,6 +316,8 @@ def describe(loss: Any) -> str:
     reuse = "; the D step reuses the G step's fakes" if getattr(loss, "reuse_fakes", False) else ""
     weight = getattr(loss, "diversity_weight", 0.0)
     ms = f"; mode seeking x{weight:g} at {loss.diversity_size} px" if weight > 0 else ""
+    cw = getattr(loss, "class_weight", 0.0)
+    ms += f"; class probe x{cw:g} (conditional D with a probe)" if cw > 0 else ""
     return (
         f"{loss.kind}: " + ", ".join(f"{p.name}/{p.interval}" for p in loss.phases()) + reuse + ms
     )

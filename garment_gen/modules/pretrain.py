@@ -55,6 +55,12 @@ class PretrainModule(StageModule):
         export_best: the collapse guard: ``generator.pt`` is the G_ema of the snapshot with the
             best validation realism (the checkpoint callback keeps it) when that is better than
             the last; the last one is then written too, as ``generator_last.pt``.
+        conditional: train a class-conditional GAN when the data has at least two classes
+            (``classes``): G draws a garment of a given class (``c_dim`` and ``class_names`` in
+            its config), D judges image and class together (projection). Fakes are drawn for
+            the classes of the batch's reals; samples, probes and validation cycle through
+            the classes. With fewer than two classes the GAN is unconditional.
+        classes: the data's class names (passed by ``train()`` from the datamodule).
     """
 
     stage_name = "pretrain"
@@ -80,8 +86,12 @@ class PretrainModule(StageModule):
         realism: DictConfig | dict | None = None,
         compile: bool = False,
         export_best: bool = True,
+        conditional: bool = False,
+        classes: list[str] | tuple[str, ...] | None = None,
     ):
         super().__init__()
+        classes = [str(c) for c in (classes or [])]
+        c_dim = len(classes) if conditional and len(classes) >= 2 else 0
         self.save_hyperparameters(
             {
                 "generator": plain(generator),
@@ -100,12 +110,28 @@ class PretrainModule(StageModule):
                 "realism": plain(realism),
                 "compile": compile,
                 "export_best": export_best,
+                "conditional": conditional,
+                "classes": classes,
             }
         )
         self.automatic_optimization = False
         hp = self.hparams
-        self.G = hydra.utils.instantiate(hp.generator, resolution=resolution, aspect=aspect)
-        self.D = hydra.utils.instantiate(hp.discriminator, resolution=resolution, aspect=aspect)
+        cond = {"c_dim": c_dim} if c_dim else {}
+        self.G = hydra.utils.instantiate(
+            hp.generator,
+            resolution=resolution,
+            aspect=aspect,
+            **(dict(cond, class_names=classes) if c_dim else {}),
+        )
+        self.D = hydra.utils.instantiate(
+            hp.discriminator, resolution=resolution, aspect=aspect, **cond
+        )
+        self.c_dim = c_dim
+        if c_dim:
+            log.info("class-conditional GAN over %d classes: %s", c_dim, ", ".join(classes))
+        elif conditional:
+            log.info("model.conditional: the data has %d class(es), training unconditionally",
+                     len(classes))  # fmt: skip
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.augment = hydra.utils.instantiate(hp.augment) if hp.augment else None
         loss_cfg = dict(hp.loss)
@@ -126,6 +152,7 @@ class PretrainModule(StageModule):
             "fixed_z",
             torch.randn(n_samples, self.G.z_dim, generator=torch.Generator().manual_seed(0)),
         )
+        self.register_buffer("fixed_c", self.cycle_classes(n_samples), persistent=False)
         self.realism: RealismMetric | None = None  # built on first validation (loads VGG)
         if compile:
             self.G.synthesis = torch.compile(self.G.synthesis)
@@ -169,10 +196,24 @@ class PretrainModule(StageModule):
     def sample_z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.G.z_dim, device=self.device)
 
+    def cycle_classes(self, n: int) -> torch.Tensor | None:
+        """Class indices ``0, 1, ..., c_dim - 1, 0, 1, ...`` (``n`` of them); None when unconditional."""
+        return torch.arange(n) % self.c_dim if self.c_dim else None
+
+    def batch_classes(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The batch's class indices for a conditional GAN (None otherwise)."""
+        if not self.c_dim:
+            return None
+        labels = batch.get("label")
+        if labels is None or bool((labels < 0).any()):
+            raise ValueError("a class-conditional GAN needs every image's class (batch 'label')")
+        return labels.to(self.device)
+
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         real_img = batch["image"]
+        real_c = self.batch_classes(batch)
         b = real_img.shape[0]
         step = int(self.batches)
         opts = dict(zip(("G", "D"), self.optimizers(), strict=True))
@@ -182,7 +223,9 @@ class PretrainModule(StageModule):
                 continue
             opt = opts[phase.net]
             self.toggle_optimizer(opt)
-            loss, phase_logs = phase.fn(self, real_img)
+            loss, phase_logs = (
+                phase.fn(self, real_img) if real_c is None else phase.fn(self, real_img, real_c)
+            )
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
@@ -225,16 +268,25 @@ class PretrainModule(StageModule):
     # ------------------------------------------------------------------ samples and realism
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
-        """Images ``[B, 3, R, R]`` in about ``[-1, 1]`` from ``G_ema`` with constant noise."""
-        return self.G_ema(z.to(self.device), truncation_psi=truncation_psi, noise_mode="const")
+    def generate(
+        self, z: torch.Tensor, truncation_psi: float = 1.0, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images ``[B, 3, R, R]`` in about ``[-1, 1]`` from ``G_ema`` with constant noise; a
+        conditional GAN draws the classes ``c`` (default: :meth:`cycle_classes`)."""
+        z = z.to(self.device)
+        if not self.c_dim:
+            return self.G_ema(z, truncation_psi=truncation_psi, noise_mode="const")
+        c = self.cycle_classes(len(z)) if c is None else c
+        return self.G_ema(z, truncation_psi=truncation_psi, noise_mode="const", c=c.to(self.device))
 
     def save_samples(self) -> Path | None:
         """Write the fixed-latent sample grid as PNG in the run folder and to image loggers."""
         if self._trainer is None or not self.trainer.is_global_zero:
             return None
-        imgs = self.generate(self.fixed_z)
-        arr = grid(imgs, nrow=int(np.ceil(np.sqrt(len(imgs)))))
+        imgs = self.generate(self.fixed_z, c=self.fixed_c)
+        n = len(imgs)  # a conditional GAN's grid has one class per column when they fit
+        nrow = self.c_dim if self.c_dim and n % self.c_dim == 0 else int(np.ceil(np.sqrt(n)))
+        arr = grid(imgs, nrow=nrow)
         out = Path(self.trainer.default_root_dir) / "samples" / f"kimg{self.kimg:09.3f}.png"
         save_png(arr, out)
         log_image(
@@ -257,9 +309,8 @@ class PretrainModule(StageModule):
             return
         real_img = batch["image"]
         self.realism.update(real_img, real=True)
-        self.realism.update(
-            self.generate(self.sample_z(real_img.shape[0])).clamp(-1, 1), real=False
-        )
+        fakes = self.generate(self.sample_z(real_img.shape[0]), c=self.batch_classes(batch))
+        self.realism.update(fakes.clamp(-1, 1), real=False)
 
     def on_validation_epoch_end(self) -> None:
         if self.realism is not None:

@@ -586,6 +586,30 @@ class SynthesisNetwork(nn.Module):
 # --------------------------------------------------------------------------- generator
 
 
+def class_onehot(c: Any, c_dim: int, n: int, device: torch.device) -> torch.Tensor:
+    """Class labels as one-hot rows ``[n, c_dim]`` float: ``c`` is a ``[n]`` tensor or list of
+    indices, or already ``[n, c_dim]`` (one-hot or soft). Raises ``ValueError`` naming the problem."""
+    if not torch.is_tensor(c):
+        c = torch.as_tensor(c, device=device)
+    if c.ndim == 2:
+        if c.shape != (n, c_dim):
+            raise ValueError(
+                f"c must be [{n}] class indices or [{n}, {c_dim}], got {list(c.shape)}"
+            )
+        return c.to(device=device, dtype=torch.float32)
+    if c.ndim != 1 or c.shape[0] != n or c.is_floating_point():
+        raise ValueError(f"c must be [{n}] class indices or [{n}, {c_dim}], got {list(c.shape)}")
+    if n and (int(c.min()) < 0 or int(c.max()) >= c_dim):
+        raise ValueError(
+            f"class index out of range: got {int(c.min())}..{int(c.max())}, expected 0..{c_dim - 1}"
+        )
+    return F.one_hot(c.to(device=device, dtype=torch.long), c_dim).to(torch.float32)
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
 class Generator(nn.Module):
     """StyleGAN2 generator (skip architecture): ``z [B, z_dim]`` -> image ``[B, img_channels, R, W]``.
 
@@ -604,6 +628,12 @@ class Generator(nn.Module):
     outputs, and conv outputs *before* the leaky ReLU's folded sqrt(2) gain (garment_gen's
     convention, the default), or after it with ``clamp_after_gain=True`` (NVlabs'
     StyleGAN2-ADA convention, set by :mod:`garment_gen.convert` for their networks).
+
+    ``c_dim > 0`` makes it class-conditional (StyleGAN2-ADA's way): a linear embedding of the
+    one-hot class, normalised like ``z``, is concatenated to ``z`` before the mapping network;
+    ``class_names`` (``c_dim`` strings) name the classes. ``mapping``/``forward`` then take
+    ``c`` (class indices ``[B]`` or one-hot ``[B, c_dim]``); without it every row draws a class
+    at random (so code written for an unconditional generator still samples the whole data).
     """
 
     def __init__(
@@ -621,10 +651,20 @@ class Generator(nn.Module):
         conv_clamp: float | None = None,
         clamp_after_gain: bool = False,
         aspect: str = DEFAULT_ASPECT,
+        c_dim: int = 0,
+        class_names: list[str] | tuple[str, ...] | None = None,
     ):
         super().__init__()
         _check_resolution(resolution)
         aspect = _check_aspect(aspect)
+        if isinstance(c_dim, bool) or not isinstance(c_dim, int) or c_dim < 0:
+            raise StyleGANConfigError(f"c_dim must be an int >= 0, got {c_dim!r}")
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if len(class_names) != c_dim or len(set(class_names)) != c_dim:
+                raise StyleGANConfigError(
+                    f"class_names must be {c_dim} distinct names (c_dim={c_dim}), got {class_names}"
+                )
         _check_positive(
             z_dim=z_dim,
             w_dim=w_dim,
@@ -657,7 +697,10 @@ class Generator(nn.Module):
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
             clamp_after_gain=bool(clamp_after_gain),
             aspect=aspect,
+            c_dim=int(c_dim),
+            class_names=None if class_names is None else list(class_names),
         )
+        self.c_dim, self.class_names = int(c_dim), class_names
         self.resolution, self.z_dim, self.w_dim, self.img_channels = (
             resolution,
             z_dim,
@@ -666,7 +709,9 @@ class Generator(nn.Module):
         )
         self.style_mixing_prob = float(style_mixing_prob)
         self.w_avg_beta = float(w_avg_beta)
-        dims = [z_dim] + [w_dim] * mapping_layers
+        dims = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * mapping_layers
+        if c_dim:
+            self.class_embed = EqualLinear(c_dim, w_dim)
         self.mapping_net = nn.Sequential(
             *[
                 EqualLinear(dims[i], dims[i + 1], lr_mul=mapping_lr_mul, activation="lrelu")
@@ -701,16 +746,20 @@ class Generator(nn.Module):
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         update_w_avg: bool = False,
+        c: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``z [B, z_dim]`` -> ``ws [B, num_ws, w_dim]`` (the same w on every row).
 
         ``update_w_avg`` (training) moves ``w_avg`` toward the batch mean w.
         Truncation pulls rows ``< truncation_cutoff`` (all when None) toward
-        ``w_avg``: ``w_avg + psi * (w - w_avg)``.
+        ``w_avg``: ``w_avg + psi * (w - w_avg)``. ``c``: the classes of a conditional
+        generator (see the class docstring; ignored when ``c_dim == 0``).
         """
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [B, {self.z_dim}], got {list(z.shape)}")
-        x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+        x = _unit_rms(z)
+        if self.c_dim:
+            x = torch.cat([x, _unit_rms(self.class_embed(self.onehot(c, z.shape[0], z.device)))], 1)
         w = self.mapping_net(x)
         if update_w_avg:
             with torch.no_grad():
@@ -727,6 +776,21 @@ class Generator(nn.Module):
                 ws = torch.cat([head, ws[:, truncation_cutoff:]], dim=1)
         return ws
 
+    def onehot(self, c: Any, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``c`` (indices ``[n]``, one-hot ``[n, c_dim]`` or None: random classes) as one-hot
+        ``[n, c_dim]``; ``ValueError`` for a wrong shape or index."""
+        if c is None:
+            c = torch.randint(0, self.c_dim, (n,), device=device)
+        return class_onehot(c, self.c_dim, n, torch.device(device))
+
+    def class_index(self, name: str) -> int:
+        """The index of class ``name``; ``ValueError`` listing the classes when unknown."""
+        names = self.class_names or [str(i) for i in range(self.c_dim)]
+        if str(name) not in names:
+            known = ", ".join(names) if names else "none: this generator is not class-conditional"
+            raise ValueError(f"unknown class {name!r}; the generator's classes: {known}")
+        return names.index(str(name))
+
     def forward(
         self,
         z: torch.Tensor,
@@ -735,15 +799,18 @@ class Generator(nn.Module):
         noise_mode: str = "random",
         update_w_avg: bool = False,
         fused_modconv: bool | None = None,
+        c: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``z [B, z_dim]`` -> image ``[B, img_channels, R, W]``, roughly ``[-1, 1]``.
 
         In training mode with ``style_mixing_prob > 0``, each sample, with that
-        probability, takes its ws from a second z from a random layer onward.
+        probability, takes its ws from a second z from a random layer onward (same class).
         """
-        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
+        if self.c_dim:
+            c = self.onehot(c, z.shape[0], z.device)
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update_w_avg, c=c)
         if self.training and self.style_mixing_prob > 0:
-            ws2 = self.mapping(torch.randn_like(z), truncation_psi, truncation_cutoff)
+            ws2 = self.mapping(torch.randn_like(z), truncation_psi, truncation_cutoff, c=c)
             batch = z.shape[0]
             cutoff = torch.randint(1, self.num_ws, (batch, 1), device=z.device)
             mix = torch.rand(batch, 1, device=z.device) < self.style_mixing_prob
@@ -902,6 +969,11 @@ class Discriminator(nn.Module):
 
     ``W`` = ``R`` unless ``aspect`` is not ``"1:1"`` (``"3:4"``: the blocks halve ``R x 3R/4``
     down to 4 x 3, and the epilogue's linear layer reads the 4 x 3 map).
+
+    ``c_dim > 0`` makes it class-conditional by projection (Miyato & Koyama 2018, as in
+    StyleGAN2-ADA): the last layer gives ``cmap_dim`` features whose dot product with a
+    (unit-RMS) embedding of the class, over ``sqrt(cmap_dim)``, is the logit; ``c`` is then
+    required.
     """
 
     def __init__(
@@ -914,11 +986,16 @@ class Discriminator(nn.Module):
         mbstd_num_channels: int = 1,
         conv_clamp: float | None = None,
         aspect: str = DEFAULT_ASPECT,
+        c_dim: int = 0,
+        cmap_dim: int = 64,
     ):
         super().__init__()
         _check_resolution(resolution)
         aspect = _check_aspect(aspect)
+        if isinstance(c_dim, bool) or not isinstance(c_dim, int) or c_dim < 0:
+            raise StyleGANConfigError(f"c_dim must be an int >= 0, got {c_dim!r}")
         _check_positive(
+            cmap_dim=cmap_dim,
             img_channels=img_channels,
             channel_base=channel_base,
             channel_max=channel_max,
@@ -948,7 +1025,10 @@ class Discriminator(nn.Module):
             mbstd_num_channels=int(mbstd_num_channels),
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
             aspect=aspect,
+            c_dim=int(c_dim),
+            cmap_dim=int(cmap_dim),
         )
+        self.c_dim, self.cmap_dim = int(c_dim), int(cmap_dim)
         log2 = int(math.log2(resolution))
         block_res = [2**i for i in range(log2, 2, -1)]
         channels = {r: min(channel_base // r, channel_max) for r in block_res + [4]}
@@ -975,7 +1055,9 @@ class Discriminator(nn.Module):
             weight_gain=_LRELU_GAIN,
             act_gain=1.0,
         )
-        self.out = EqualLinear(c4, 1, weight_gain=_LRELU_GAIN)
+        self.out = EqualLinear(c4, cmap_dim if c_dim else 1, weight_gain=_LRELU_GAIN)
+        if c_dim:
+            self.class_embed = EqualLinear(c_dim, cmap_dim)
 
     def get_config(self) -> dict[str, Any]:
         """Constructor kwargs that rebuild this discriminator (plain Python values)."""
@@ -985,12 +1067,13 @@ class Discriminator(nn.Module):
         """The part with no trainable parameters: none here, the image itself."""
         return img
 
-    def score(self, img: torch.Tensor) -> torch.Tensor:
+    def score(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of :meth:`embed`'s output (the whole network)."""
-        return self(img)
+        return self(img, c)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        """``img [B, img_channels, R, W]`` float in ``[-1, 1]`` -> logits ``[B, 1]``."""
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``img [B, img_channels, R, W]`` float in ``[-1, 1]`` -> logits ``[B, 1]``
+        (``c``: the classes, indices ``[B]`` or one-hot, when ``c_dim > 0``)."""
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.resolution, self.width):
             raise ValueError(
                 f"img must be [B, {self.img_channels}, {self.resolution}, {self.width}], got {list(img.shape)}"
@@ -1002,4 +1085,17 @@ class Discriminator(nn.Module):
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.epilogue_conv(x)
         x = self.fc(x.flatten(1))
-        return self.out(x)
+        return project_class(self.out(x), self, c)
+
+
+def project_class(feats: torch.Tensor, disc: nn.Module, c: Any) -> torch.Tensor:
+    """A conditional discriminator's logits: ``feats [B, cmap_dim, ...]`` dotted with the unit-RMS
+    class embedding ``disc.class_embed(c)`` over ``sqrt(cmap_dim)`` -> ``[B, 1, ...]``; ``feats``
+    itself when ``disc.c_dim == 0``."""
+    if not disc.c_dim:
+        return feats
+    if c is None:
+        raise ValueError("this discriminator is class-conditional (c_dim > 0): pass c")
+    cmap = _unit_rms(disc.class_embed(class_onehot(c, disc.c_dim, feats.shape[0], feats.device)))
+    cmap = cmap.reshape(*cmap.shape, *([1] * (feats.ndim - 2)))
+    return (feats * cmap).sum(dim=1, keepdim=True) * (1.0 / math.sqrt(disc.cmap_dim))
