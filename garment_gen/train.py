@@ -181,18 +181,30 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
 
 
 def check_classes(cfg: DictConfig, datamodule: Any) -> list[str]:
-    """The data's class names for ``model.conditional``; a conditional run on data that is only
-    partly labelled is one :class:`ConfigError` line (an unlabelled photo has no class to draw)."""
+    """The data's class names for ``model.conditional`` (``true``, ``false`` or ``auto``).
+
+    ``true`` on data that is only partly labelled is one :class:`ConfigError` line (an unlabelled
+    photo has no class to draw); ``auto`` then trains unconditionally (empty list), saying why.
+    Any other value is one line too."""
+    mode = cfg.model.get("conditional")
+    if mode not in (True, False, "auto"):
+        raise ConfigError(f"model.conditional={mode}: expected true, false or auto")
     classes = list(getattr(datamodule, "classes", []))
     unlabeled = int(getattr(datamodule, "unlabeled", 0))
-    if cfg.model.get("conditional") and len(classes) >= 2 and unlabeled:
-        raise ConfigError(
-            f"model.conditional=true: {unlabeled} photo(s) of data.root={datamodule.root} have no "
-            f"class (manifest.csv label; classes are the folders photos are prepared from: "
-            f"{', '.join(classes)}); put them in a class folder and prepare again, or set "
-            "model.conditional=false"
-        )
-    return classes
+    if mode is False or len(classes) < 2 or not unlabeled:
+        return classes
+    if mode == "auto":
+        log.info(
+            "model.conditional=auto: %d photo(s) of %s have no class; training unconditionally",
+            unlabeled, datamodule.root,
+        )  # fmt: skip
+        return []
+    raise ConfigError(
+        f"model.conditional=true: {unlabeled} photo(s) of data.root={datamodule.root} have no "
+        f"class (manifest.csv label; classes are the folders photos are prepared from: "
+        f"{', '.join(classes)}); put them in a class folder and prepare again, or set "
+        "model.conditional=auto or false"
+    )
 
 
 def tune_cpu_malloc(cfg: DictConfig, trainer: pl.Trainer) -> bool:

@@ -63,3 +63,15 @@ def test_report_tables_curves_and_grids(ab, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     grid = Image.open(tmp_path / "grid_10min.png")
     assert grid.width == 40 * 2 + 8 and grid.height == 40 + 18  # both arms side by side
+
+
+@pytest.mark.parametrize("name", ["projected_vs_stylegan2", "conditional"])
+def test_every_arm_of_the_shipped_specs_composes(ab, name, compose_cfg):
+    """Each arm's overrides (with the spec's common ones) compose into a pretrain config, so a
+    typo in a spec fails here and not after an hour of the other arms."""
+    spec = ab.load_spec(REPO / "bench" / "ab" / f"{name}.yaml")
+    for arm, overrides in spec["arms"].items():
+        cfg = compose_cfg([*spec["common"], *overrides])
+        assert cfg.stage_name == "pretrain", arm
+        if "model.conditional=true" in overrides:
+            assert cfg.model.conditional is True, arm

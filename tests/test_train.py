@@ -357,7 +357,23 @@ def test_cli_conditional_on_partly_labelled_data_is_one_line(tmp_path):
     )  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-    assert "model.conditional=true: 3 photo(s)" in line and "model.conditional=false" in line
+    assert (
+        "model.conditional=true: 3 photo(s)" in line and "model.conditional=auto or false" in line
+    )
+    res = run_train_cli(
+        *TINY_PRETRAIN, "model.conditional=maybe", f"paths.log_dir={tmp_path}", cwd=tmp_path
+    )
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert res.returncode == 2 and "model.conditional=maybe: expected true, false or auto" in line
+
+
+def test_conditional_auto_follows_the_data(compose_cfg, tmp_path):
+    """auto: conditional over the sample's 8 classes; unconditional when some photos have none."""
+    _, module, _ = build(compose_cfg(TINY_PRETRAIN + ["model.conditional=auto"]))
+    assert module.G.c_dim == 8 and module.G.class_names[0] == "dress"
+    root = _sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
+    cfg = compose_cfg(TINY_PRETRAIN + ["model.conditional=auto", f"data.root={root}"])
+    assert build(cfg)[1].G.c_dim == 0
 
 
 def test_conditional_on_one_class_trains_unconditionally(compose_cfg, tmp_path):

@@ -55,8 +55,9 @@ class PretrainModule(StageModule):
         export_best: the collapse guard: ``generator.pt`` is the G_ema of the snapshot with the
             best validation realism (the checkpoint callback keeps it) when that is better than
             the last; the last one is then written too, as ``generator_last.pt``.
-        conditional: train a class-conditional GAN when the data has at least two classes
-            (``classes``): G draws a garment of a given class (``c_dim`` and ``class_names`` in
+        conditional: ``true`` or ``"auto"``: train a class-conditional GAN when the data has at
+            least two classes (``classes``; ``auto`` also falls back to unconditional when some
+            photos have no class, ``true`` refuses such data, see ``train.check_classes``): G draws a garment of a given class (``c_dim`` and ``class_names`` in
             its config), D judges image and class together (projection). Fakes are drawn for
             the classes of the batch's reals; samples, probes and validation cycle through
             the classes. With fewer than two classes the GAN is unconditional.
@@ -86,12 +87,12 @@ class PretrainModule(StageModule):
         realism: DictConfig | dict | None = None,
         compile: bool = False,
         export_best: bool = True,
-        conditional: bool = False,
+        conditional: bool | str = False,
         classes: list[str] | tuple[str, ...] | None = None,
     ):
         super().__init__()
         classes = [str(c) for c in (classes or [])]
-        c_dim = len(classes) if conditional and len(classes) >= 2 else 0
+        c_dim = len(classes) if conditional in (True, "auto") and len(classes) >= 2 else 0
         self.save_hyperparameters(
             {
                 "generator": plain(generator),
@@ -130,8 +131,8 @@ class PretrainModule(StageModule):
         if c_dim:
             log.info("class-conditional GAN over %d classes: %s", c_dim, ", ".join(classes))
         elif conditional:
-            log.info("model.conditional: the data has %d class(es), training unconditionally",
-                     len(classes))  # fmt: skip
+            log.info("model.conditional=%s: training unconditionally (%d class(es) given)",
+                     conditional, len(classes))  # fmt: skip
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.augment = hydra.utils.instantiate(hp.augment) if hp.augment else None
         loss_cfg = dict(hp.loss)
