@@ -21,7 +21,8 @@ def test_bundled_sample_has_every_split_and_class(sample_root):
 def test_item_keys_dtypes_ranges(sample_root):
     ds = GarmentDataset(sample_root, "train", augment=True)
     item = ds[0]
-    assert set(item) == {"image", "mask", "texture", "photo", "id"}
+    assert set(item) == {"image", "mask", "texture", "photo", "label", "id"}
+    assert ds.classes[item["label"]] == ds.rows[0]["label"]
     for key in ("image", "texture", "photo"):
         t = item[key]
         assert t.shape == (3, 64, 64) and t.dtype == torch.float32

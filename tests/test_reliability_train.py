@@ -123,7 +123,11 @@ def test_sigkill_after_validation_then_resume_continues_everything(tmp_path):
     ema2 = {k[6:]: v for k, v in sd2.items() if k.startswith("G_ema.")}
     fresh = Generator(64, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32)
     key = "synthesis.b4.conv1.weight"
-    key = key if key in ema1 else next(k for k in ema1 if k.endswith("weight"))
+    key = (
+        key
+        if key in ema1
+        else next(k for k in ema1 if k.startswith("synthesis.") and k.endswith("weight"))
+    )
     moved = (ema2[key] - ema1[key]).norm()
     assert moved < 0.5 * (ema1[key] - fresh.state_dict()[key]).norm()
 
