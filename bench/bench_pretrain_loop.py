@@ -192,10 +192,10 @@ def instrument(module, ledger: Ledger) -> None:
         wrap_forward(aug, "augment forward")
 
     def wrap_phase(phase):
-        def fn(parts, real_img):
+        def fn(parts, real_img, *classes):  # classes: the batch's, for a conditional GAN
             ledger.phase = phase.name
             with ledger.region(f"{phase.name} loss + misc"):
-                return phase.fn(parts, real_img)
+                return phase.fn(parts, real_img, *classes)
 
         return dataclasses.replace(phase, fn=fn)
 

@@ -224,9 +224,7 @@ class PretrainModule(StageModule):
                 continue
             opt = opts[phase.net]
             self.toggle_optimizer(opt)
-            loss, phase_logs = (
-                phase.fn(self, real_img) if real_c is None else phase.fn(self, real_img, real_c)
-            )
+            loss, phase_logs = phase.fn(self, real_img, real_c)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()

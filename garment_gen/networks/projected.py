@@ -47,7 +47,12 @@ from garment_gen.data.aspect import DEFAULT_ASPECT, frame_size, parse_aspect
 from garment_gen.errors import ConfigError
 from garment_gen.networks import ops
 from garment_gen.networks.feature_nets import EfficientNetLite0Features
-from garment_gen.networks.stylegan2 import EqualLinear, minibatch_stddev, project_class
+from garment_gen.networks.stylegan2 import (
+    EqualLinear,
+    class_map,
+    minibatch_stddev,
+    project_class,
+)
 
 __all__ = [
     "ProjectedDiscriminator",
@@ -370,11 +375,9 @@ class ProjectedDiscriminator(nn.Module):
     def score(self, mixed: list[torch.Tensor], c: torch.Tensor | None = None) -> torch.Tensor:
         """The trainable per-scale discriminators: :meth:`embed`'s maps -> logits
         ``[B, num_logits]`` (``c``: the classes, indices ``[B]`` or one-hot, when ``c_dim > 0``)."""
+        cmap = class_map(self, c, mixed[0].shape[0], mixed[0].device)
         return torch.cat(
-            [
-                project_class(d(m), self, c).flatten(1)
-                for d, m in zip(self.discs, mixed, strict=True)
-            ],
+            [project_class(d(m), cmap).flatten(1) for d, m in zip(self.discs, mixed, strict=True)],
             dim=1,
         )
 

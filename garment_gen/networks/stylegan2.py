@@ -1085,17 +1085,24 @@ class Discriminator(nn.Module):
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.epilogue_conv(x)
         x = self.fc(x.flatten(1))
-        return project_class(self.out(x), self, c)
+        return project_class(self.out(x), class_map(self, c, x.shape[0], x.device))
 
 
-def project_class(feats: torch.Tensor, disc: nn.Module, c: Any) -> torch.Tensor:
-    """A conditional discriminator's logits: ``feats [B, cmap_dim, ...]`` dotted with the unit-RMS
-    class embedding ``disc.class_embed(c)`` over ``sqrt(cmap_dim)`` -> ``[B, 1, ...]``; ``feats``
-    itself when ``disc.c_dim == 0``."""
+def class_map(disc: nn.Module, c: Any, n: int, device: torch.device) -> torch.Tensor | None:
+    """The unit-RMS class embedding ``[n, cmap_dim]`` of a conditional discriminator (None when
+    ``disc.c_dim == 0``); computed once per call of the discriminator, shared by its scales."""
     if not disc.c_dim:
-        return feats
+        return None
     if c is None:
         raise ValueError("this discriminator is class-conditional (c_dim > 0): pass c")
-    cmap = _unit_rms(disc.class_embed(class_onehot(c, disc.c_dim, feats.shape[0], feats.device)))
+    return _unit_rms(disc.class_embed(class_onehot(c, disc.c_dim, n, device)))
+
+
+def project_class(feats: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
+    """A conditional discriminator's logits: ``feats [B, cmap_dim, ...]`` dotted with
+    :func:`class_map`'s ``cmap`` over ``sqrt(cmap_dim)`` -> ``[B, 1, ...]``; ``feats`` itself
+    when ``cmap`` is None (unconditional)."""
+    if cmap is None:
+        return feats
     cmap = cmap.reshape(*cmap.shape, *([1] * (feats.ndim - 2)))
-    return (feats * cmap).sum(dim=1, keepdim=True) * (1.0 / math.sqrt(disc.cmap_dim))
+    return (feats * cmap).sum(dim=1, keepdim=True) * (1.0 / math.sqrt(cmap.shape[1]))
