@@ -91,6 +91,49 @@ def write_photo_folder(
     return root
 
 
+def sample_with_labels(tmp_path: Path, label_of) -> Path:
+    """A copy of the bundled sample whose manifest labels are ``label_of(row_index, label)``
+    (the class of each photo: ``""`` for none)."""
+    import csv
+
+    from garment_gen import sample_dir
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir(), root)
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["label"] = label_of(i, row["label"])
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+TINY_CLASSES = ["dress", "pants", "skirt"]
+
+
+def tiny_conditional_generator(c_dim: int = 3, resolution: int = 32, **kw):
+    """A small seeded StyleGAN2 generator over ``TINY_CLASSES[:c_dim]`` (c_dim 0: unconditional)."""
+    import torch
+
+    from garment_gen.networks.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    return Generator(
+        resolution,
+        z_dim=16,
+        w_dim=16,
+        mapping_layers=2,
+        channel_base=256,
+        channel_max=16,
+        c_dim=c_dim,
+        class_names=TINY_CLASSES[:c_dim] if c_dim else None,
+        **kw,
+    )
+
+
 def tree_digest(root: Path) -> dict[str, tuple[int, int]]:
     """``{relative path: (size, mtime_ns)}`` of every file, to prove a folder was not touched."""
     return {

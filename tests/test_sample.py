@@ -11,25 +11,16 @@ import torch
 from PIL import Image
 
 from garment_gen.errors import GarmentGenError
-from garment_gen.networks.stylegan2 import Generator, export_generator
+from garment_gen.networks.stylegan2 import export_generator
 from garment_gen.sample import parse_seeds, run, sample
+from tests.conftest import TINY_CLASSES, tiny_conditional_generator
 
 RES = 32
-NAMES = ["dress", "pants", "skirt"]
+NAMES = TINY_CLASSES
 
 
 def _export(tmp_path, c_dim: int):
-    torch.manual_seed(0)
-    g = Generator(
-        RES,
-        z_dim=16,
-        w_dim=16,
-        mapping_layers=2,
-        channel_base=256,
-        channel_max=16,
-        c_dim=c_dim,
-        class_names=NAMES if c_dim else None,
-    ).eval()
+    g = tiny_conditional_generator(c_dim, RES).eval()
     return export_generator(g, tmp_path / f"g{c_dim}.pt")
 
 

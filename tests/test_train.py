@@ -13,6 +13,7 @@ import torch
 from omegaconf import open_dict
 
 from garment_gen.train import build, train
+from tests.conftest import sample_with_labels
 
 TINY_PRETRAIN = [
     "stage=pretrain",
@@ -329,28 +330,8 @@ def test_collapse_guard_exports_the_best_snapshot(compose_cfg, tmp_path):
     assert all(torch.equal(g.state_dict()[k], v) for k, v in module.G_ema.state_dict().items())
 
 
-def _sample_with_labels(tmp_path: Path, label_of) -> Path:
-    """A copy of the bundled sample whose manifest labels are ``label_of(row_index, label)``."""
-    import csv
-    import shutil
-
-    from garment_gen import sample_dir
-
-    root = tmp_path / "data"
-    shutil.copytree(sample_dir(), root)
-    with open(root / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows):
-        row["label"] = label_of(i, row["label"])
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
 def test_cli_conditional_on_partly_labelled_data_is_one_line(tmp_path):
-    root = _sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
+    root = sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
     res = run_train_cli(
         *TINY_PRETRAIN, "model.conditional=true", f"data.root={root}",
         f"paths.log_dir={tmp_path}", cwd=tmp_path,
@@ -371,13 +352,13 @@ def test_conditional_auto_follows_the_data(compose_cfg, tmp_path):
     """auto: conditional over the sample's 8 classes; unconditional when some photos have none."""
     _, module, _ = build(compose_cfg(TINY_PRETRAIN + ["model.conditional=auto"]))
     assert module.G.c_dim == 8 and module.G.class_names[0] == "dress"
-    root = _sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
+    root = sample_with_labels(tmp_path, lambda i, label: "" if i < 3 else label)
     cfg = compose_cfg(TINY_PRETRAIN + ["model.conditional=auto", f"data.root={root}"])
     assert build(cfg)[1].G.c_dim == 0
 
 
 def test_conditional_on_one_class_trains_unconditionally(compose_cfg, tmp_path):
-    root = _sample_with_labels(tmp_path, lambda i, label: "dress")
+    root = sample_with_labels(tmp_path, lambda i, label: "dress")
     cfg = compose_cfg(TINY_PRETRAIN + ["model.conditional=true", f"data.root={root}"])
     _, module, _ = build(cfg)
     assert module.G.c_dim == 0 and module.D.get_config().get("c_dim", 0) == 0

@@ -4,7 +4,6 @@ phases drawing fakes for the batch's classes, and the data's labels."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,25 +21,14 @@ from garment_gen.networks.stylegan2 import (
     export_generator,
     load_generator,
 )
+from tests.conftest import TINY_CLASSES, sample_with_labels, tiny_conditional_generator
 
 RES = 32
-NAMES = ["dress", "pants", "skirt"]
+NAMES = TINY_CLASSES
 
 
-def _generator(c_dim: int = 3, **kw) -> Generator:
-    torch.manual_seed(0)
-    return Generator(
-        RES,
-        z_dim=16,
-        w_dim=16,
-        mapping_layers=2,
-        channel_base=256,
-        channel_max=16,
-        style_mixing_prob=0.0,
-        c_dim=c_dim,
-        class_names=NAMES[:c_dim] if c_dim else None,
-        **kw,
-    )
+def _generator(c_dim: int = 3) -> Generator:
+    return tiny_conditional_generator(c_dim, RES, style_mixing_prob=0.0)
 
 
 def test_generator_class_changes_the_style_and_indices_equal_one_hot():
@@ -152,28 +140,13 @@ def test_phases_draw_fakes_for_the_batch_classes(reuse):
     assert parts.classes[-1].shape[0] == 2  # Greg: the batch / pl_batch_shrink
 
 
-def _relabelled(tmp_path: Path, labels: dict[int, str]) -> Path:
-    """A copy of the bundled sample with some manifest rows' labels changed."""
-    root = tmp_path / "data"
-    shutil.copytree(sample_dir(), root)
-    with open(root / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, label in labels.items():
-        rows[i]["label"] = label
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return root
-
-
 def test_dataset_labels_index_the_sorted_classes_of_all_splits(tmp_path):
     classes = dataset_classes(sample_dir())
     assert classes == sorted(classes) and len(classes) == 8 and "dress" in classes
     ds = GarmentDataset(sample_dir(), "validation")
     item = ds[0]
     assert ds.classes == classes and classes[item["label"]] == ds.rows[0]["label"]
-    root = _relabelled(tmp_path, {0: ""})
+    root = sample_with_labels(tmp_path, lambda i, label: "" if i == 0 else label)
     dm = GarmentDataModule(root=root, num_workers=0)
     assert dm.unlabeled == 1 and dm.classes == classes
     split = _split_of(root, 0)
